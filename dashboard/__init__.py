@@ -1,0 +1,1 @@
+"""Streamlit operations dashboard (reads telemetry.db and audit.db only)."""

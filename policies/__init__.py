@@ -1,0 +1,1 @@
+"""Shipped policy profiles and Cedar policies, found with importlib.resources."""

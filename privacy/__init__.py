@@ -1,0 +1,1 @@
+"""Differential privacy: certificates checked with Opacus, DP training, audits, DP statistics."""

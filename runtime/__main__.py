@@ -1,0 +1,5 @@
+import sys
+
+from sealinfer.runtime.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tamper-evident audit log: hash chain, Merkle proofs, signed checkpoints, group commit."""

@@ -1,0 +1,1 @@
+"""Key providers: a passphrase-protected keyring folder and PKCS#11 HSMs."""

@@ -1,0 +1,1 @@
+"""Policy profiles, Cedar authorization, input validation and output guards."""

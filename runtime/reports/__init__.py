@@ -1,0 +1,1 @@
+"""Compliance reports (HTML, PDF, JSON) built from the audit and telemetry stores."""

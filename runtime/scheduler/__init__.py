@@ -1,0 +1,1 @@
+"""Device descriptors, model cost features, explained placement, priority dispatch."""

@@ -1,0 +1,1 @@
+"""Per-request telemetry store, Prometheus metrics and the security-overhead bench."""

@@ -1,0 +1,1 @@
+"""Keyed, blind, robust watermarks for ONNX weights."""
