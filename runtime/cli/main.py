@@ -31,7 +31,7 @@ _COMMAND_MODULES: list[tuple[str, str]] = [
     ("sealinfer.runtime.cli.audit_cmd", "audit"),
     ("sealinfer.runtime.cli.audit_cmd", "report"),
     ("sealinfer.runtime.cli.dashboard_cmd", "dashboard"),
-    ("sealinfer.runtime.cli.dashboard_cmd", "bench"),
+    ("sealinfer.runtime.cli.bench_cmd", "bench"),
 ]
 
 
