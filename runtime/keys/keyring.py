@@ -131,9 +131,7 @@ class Keyring(KeyProvider):
     # --- opening -----------------------------------------------------------------------------
 
     @classmethod
-    def create(
-        cls, path: str | os.PathLike[str], passphrase: str, *, scrypt_n: int = DEFAULT_SCRYPT_N
-    ) -> Keyring:
+    def create(cls, path: str | os.PathLike[str], passphrase: str, *, scrypt_n: int = DEFAULT_SCRYPT_N) -> Keyring:
         """Create a keyring at ``path`` with one active KEK and one active signing key."""
         folder = Path(path)
         if (folder / METADATA_FILE).exists():
