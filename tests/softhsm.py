@@ -29,9 +29,12 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pkcs11
 import pytest
 
 from sealinfer.runtime.keys.pkcs11 import Pkcs11Provider, default_module_path, refresh_tokens
@@ -96,6 +99,19 @@ class SoftHsmToken:
     def provider(self, pin: str | None = None) -> Pkcs11Provider:
         """A provider for this token (with its PIN unless ``pin`` is given)."""
         return Pkcs11Provider(self.module_path, token_label=self.label, pin=self.pin if pin is None else pin)
+
+    @contextmanager
+    def raw_session(self) -> Iterator[Any]:
+        """A python-pkcs11 session on the token that bypasses the provider (for attack-style tests).
+
+        It does not log in: PKCS#11 login state is per process, so while a provider is logged in
+        this session sees the token's private objects too, as any code in the process would.
+        """
+        session = pkcs11.lib(self.module_path).get_token(token_label=self.label).open(rw=True)
+        try:
+            yield session
+        finally:
+            session.close()
 
 
 class SoftHsm:

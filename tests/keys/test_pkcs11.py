@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import pkcs11
 import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
@@ -23,21 +20,6 @@ pytestmark = pytest.mark.hsm
 
 def _dek(seed: int) -> bytes:
     return random.Random(seed).randbytes(32)
-
-
-@contextmanager
-def raw_session(token: SoftHsmToken) -> Iterator[Any]:
-    """A second, not-logged-in session on the token, bypassing the provider.
-
-    PKCS#11 login state is per process, so while a provider is logged in this session sees the
-    token's private objects too: exactly what an attacker with code in the process would get.
-    """
-    lib = pkcs11.lib(token.module_path)
-    session = lib.get_token(token_label=token.label).open(rw=True)
-    try:
-        yield session
-    finally:
-        session.close()
 
 
 def _kek_object(session: Any, kek_id: str) -> Any:
@@ -65,7 +47,7 @@ def test_kek_is_generated_in_the_token_sensitive_and_non_extractable(hsm_token: 
         assert attrs["ENCRYPT"] is False and attrs["DECRYPT"] is False
         assert attrs["VALUE_LEN"] == 32
 
-        with raw_session(hsm_token) as session:
+        with hsm_token.raw_session() as session:
             kek = _kek_object(session, kek_id)
             with pytest.raises(p11x.AttributeSensitive):
                 kek[Attribute.VALUE]
@@ -101,7 +83,7 @@ def test_wrap_unwrap_round_trip(hsm_token: SoftHsmToken) -> None:
 def test_wrap_leaves_no_data_key_object_in_the_token(hsm_token: SoftHsmToken) -> None:
     with hsm_token.provider() as hsm:
         kek_id = hsm.generate_kek()
-        with raw_session(hsm_token) as session:
+        with hsm_token.raw_session() as session:
             before = len(list(session.get_objects()))
             for seed in range(3):
                 hsm.unwrap_data_key(hsm.wrap_data_key(kek_id, _dek(seed)))
@@ -117,7 +99,7 @@ def test_wrapped_bytes_are_rfc5649(hsm_token: SoftHsmToken) -> None:
         assert hsm.wrap_data_key(kek_a, dek).wrapped == wrapped.wrapped  # KWP is deterministic
         assert hsm.wrap_data_key(kek_b, dek).wrapped != wrapped.wrapped
 
-        with raw_session(hsm_token) as session:
+        with hsm_token.raw_session() as session:
             # The provider's bytes unwrap with CKM_AES_KEY_WRAP_PAD and nothing else ...
             plain = _kek_object(session, kek_a).unwrap_key(
                 ObjectClass.SECRET_KEY, KeyType.AES, wrapped.wrapped, mechanism=Mechanism.AES_KEY_WRAP_PAD,
@@ -234,7 +216,7 @@ def test_two_providers_share_one_token(hsm_token: SoftHsmToken) -> None:
 def test_kek_made_outside_sealinfer_is_listed_but_not_preferred(hsm_token: SoftHsmToken) -> None:
     with hsm_token.provider() as hsm:
         ours = hsm.generate_kek("ours")
-        with raw_session(hsm_token) as session:
+        with hsm_token.raw_session() as session:
             session.generate_key(
                 KeyType.AES, 256, label="admin-made", id=b"\x01", store=True,
                 template={Attribute.WRAP: True, Attribute.UNWRAP: True, Attribute.EXTRACTABLE: False},
