@@ -37,7 +37,7 @@ from typing import Any
 import pkcs11
 import pytest
 
-from sealinfer.runtime.keys.pkcs11 import Pkcs11Provider, default_module_path, refresh_tokens
+from sealinfer.runtime.keys.pkcs11 import SOFTHSM2_PATHS, Pkcs11Provider, refresh_tokens
 
 SO_PIN = "so-pin-0000"
 USER_PIN = "user-pin-1234"
@@ -48,12 +48,18 @@ class SoftHsmUnavailable(RuntimeError):
 
 
 def find_softhsm_module() -> str:
-    """Path of libsofthsm2.so (honours ``SEALINFER_PKCS11_MODULE``); raises if it is absent."""
-    path = default_module_path()
+    """Path of libsofthsm2.so; raises ``SoftHsmUnavailable`` if it is absent.
+
+    Deliberately ignores ``SEALINFER_PKCS11_MODULE`` (which may name a real HSM on a developer's
+    machine): the tokens made here are SoftHSM2's. ``SEALINFER_TEST_SOFTHSM2`` overrides the path.
+    """
+    override = os.environ.get("SEALINFER_TEST_SOFTHSM2")
+    candidates = (override,) if override else SOFTHSM2_PATHS
+    path = next((c for c in candidates if os.path.isfile(c)), candidates[0])
     if not os.path.isfile(path):
         raise SoftHsmUnavailable(
-            f"SoftHSM2 PKCS#11 module not found at {path}. Install it (apt-get install softhsm2, "
-            "as scripts/setup.sh does) or set SEALINFER_PKCS11_MODULE."
+            f"SoftHSM2 PKCS#11 module not found at {path} — the HSM tests need it. Install it "
+            "(apt-get install softhsm2, as scripts/setup.sh does) or point SEALINFER_TEST_SOFTHSM2 at it."
         )
     if shutil.which("softhsm2-util") is None:
         raise SoftHsmUnavailable("softhsm2-util is not on PATH. Install softhsm2 (apt-get install softhsm2).")
@@ -173,7 +179,8 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     try:
         return shared_softhsm(tmp_path_factory.mktemp("softhsm"))
     except SoftHsmUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture

@@ -41,7 +41,10 @@ __all__ = [
     "DEFAULT_TOKEN_LABEL",
     "HsmPinError",
     "KEK_ID_PREFIX",
+    "MODULE_ENV",
+    "PIN_ENV",
     "Pkcs11Provider",
+    "SOFTHSM2_PATHS",
     "default_module_path",
     "refresh_tokens",
 ]
@@ -58,7 +61,8 @@ _LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # newest KEK is simply the largest id (PKCS#11 keeps no creation time of its own).
 _ID_BYTES = 16
 
-_SOFTHSM_CANDIDATES = (
+# Where distributions put SoftHSM2 (the default module when SEALINFER_PKCS11_MODULE is unset).
+SOFTHSM2_PATHS = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
     "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
@@ -99,10 +103,10 @@ def default_module_path() -> str:
     configured = os.environ.get(MODULE_ENV)
     if configured:
         return configured
-    for candidate in _SOFTHSM_CANDIDATES:
+    for candidate in SOFTHSM2_PATHS:
         if os.path.exists(candidate):
             return candidate
-    return _SOFTHSM_CANDIDATES[0]  # named in the "not found" error
+    return SOFTHSM2_PATHS[0]  # named in the "not found" error
 
 
 # --- loaded modules, shared by every provider in the process -----------------------------------

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +18,7 @@ from pkcs11 import exceptions as p11x
 from sealinfer.runtime.errors import ConfigurationError, HsmError, KeyNotFoundError, UnwrapError
 from sealinfer.runtime.keys.base import WRAP_ALGORITHM, KeyProvider, WrappedKey
 from sealinfer.runtime.keys.pkcs11 import refresh_tokens
-from sealinfer.tests.softhsm import SoftHsm, SoftHsmToken
+from sealinfer.tests.softhsm import SoftHsm, SoftHsmToken, find_softhsm_module, init_token, softhsm_env
 
 pytestmark = pytest.mark.hsm
 
@@ -224,3 +229,36 @@ def test_kek_made_outside_sealinfer_is_listed_but_not_preferred(hsm_token: SoftH
         assert hsm.list_keks() == ["pkcs11:admin-made", ours]
         assert hsm.default_kek_id() == ours
         assert hsm.unwrap_data_key(hsm.wrap_data_key("pkcs11:admin-made", _dek(15))) == _dek(15)
+
+
+_CHILD = """
+import base64, json, sys
+from sealinfer.runtime.keys.base import WrappedKey
+from sealinfer.runtime.keys.pkcs11 import Pkcs11Provider
+step, label = sys.argv[1], sys.argv[2]
+with Pkcs11Provider(token_label=label, pin="child-pin-1") as hsm:
+    if step == "seal":
+        kek_id = hsm.generate_kek("site-kek")
+        print(json.dumps(hsm.wrap_data_key(kek_id, bytes(range(32))).to_dict()))
+    else:
+        wrapped = WrappedKey.from_dict(json.loads(sys.stdin.read()))
+        print(json.dumps({"ok": hsm.unwrap_data_key(wrapped) == bytes(range(32)), "keks": hsm.list_keks()}))
+"""
+
+
+def test_kek_survives_across_processes_with_their_own_config(tmp_path: Path) -> None:
+    # Independent of the shared folder: two fresh interpreters, one private SoftHSM2 folder.
+    env = {**os.environ, **softhsm_env(tmp_path), "SEALINFER_PKCS11_MODULE": find_softhsm_module()}
+    init_token("site", pin="child-pin-1", so_pin="child-so-1", env=env)
+
+    def child(step: str, stdin: str = "") -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, step, "site"], input=stdin, env=env,
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    sealed = child("seal")
+    assert json.loads(sealed)["kek_id"] == "pkcs11:site-kek"
+    assert json.loads(child("open", sealed)) == {"ok": True, "keks": ["pkcs11:site-kek"]}
