@@ -94,7 +94,8 @@ class PlacementPolicy:
             require_on_prem=_bool(phi_raw, "require_on_prem", defaults.require_on_prem),
             require_confidential=_bool(phi_raw, "require_confidential", defaults.require_confidential),
             allowed_precisions=_names(phi_raw, "allowed_precisions", PRECISIONS, defaults.allowed_precisions),
-            allowed_kinds=_names(phi_raw, "allowed_kinds", KINDS, defaults.allowed_kinds),
+            # tpu/fpga are valid profile names with no descriptor kind yet: they simply match nothing.
+            allowed_kinds=_names(phi_raw, "allowed_kinds", (*KINDS, "tpu", "fpga"), defaults.allowed_kinds),
         )
         classes_raw = _section(raw, "priority_classes")
         classes: dict[str, float] = {}
