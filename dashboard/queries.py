@@ -1,0 +1,111 @@
+"""Cached access to the stores for the pages: SQL aggregation in :mod:`sealinfer.runtime.telemetry.queries`,
+cached here with ``st.cache_data`` (ttl = the refresh interval, keyed by path and time window)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from sealinfer.dashboard import sources
+from sealinfer.runtime.telemetry import queries as tq
+from sealinfer.runtime.telemetry.schema import open_readonly
+
+TTL_S = 15.0
+
+
+def _with_conn(path: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    conn = open_readonly(path)
+    try:
+        return fn(conn, *args, **kwargs)
+    finally:
+        conn.close()
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def check_telemetry(path: str) -> None:
+    """Raises StoreError when the telemetry database is missing, empty or of the wrong kind."""
+    _with_conn(path, lambda conn: None)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def totals(path: str, since: int | None) -> dict[str, float]:
+    return _with_conn(path, tq.totals, since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def rate_series(path: str, since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.rate_series, since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def latency_quantiles(path: str, by: tuple[str, ...], since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.latency_quantiles, list(by), since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def slo_attainment(path: str, deadlines_ms: tuple[tuple[str, float], ...], since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.slo_attainment, dict(deadlines_ms), since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def phase_breakdown(path: str, since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.phase_breakdown, since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def overhead(path: str, baseline: str, since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.overhead, baseline, since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def ecdf(path: str, by: tuple[str, ...], since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.ecdf, list(by), since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def box_stats(path: str, by: tuple[str, ...], since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.box_stats, list(by), since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def placements(path: str, since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.placements, since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def predicted_vs_measured(path: str, since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.predicted_vs_measured, since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def utilization(path: str, since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.utilization, since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def models(path: str) -> pd.DataFrame:
+    return _with_conn(path, tq.models)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def configurations(path: str) -> pd.DataFrame:
+    return _with_conn(path, tq.configurations)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def audit_overview(path: str) -> dict[str, Any]:
+    return sources.audit_overview(Path(path))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def verify_chain(path: str) -> dict[str, Any]:
+    return sources.verify_chain(Path(path))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def ledger_summary(path: str | None) -> tuple[pd.DataFrame | None, str]:
+    return sources.ledger_summary(Path(path) if path else None)
