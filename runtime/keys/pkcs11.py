@@ -71,6 +71,20 @@ SOFTHSM2_PATHS = (
     "/opt/homebrew/lib/softhsm/libsofthsm2.so",
 )
 
+# A KEK can only wrap and unwrap, and its value can never be read or exported.
+_KEK_TEMPLATE: dict[Attribute, Any] = {
+    Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+    Attribute.MODIFIABLE: False, Attribute.WRAP: True, Attribute.UNWRAP: True, Attribute.ENCRYPT: False,
+    Attribute.DECRYPT: False, Attribute.SIGN: False, Attribute.VERIFY: False, Attribute.DERIVE: False,
+}
+# A data key inside the token only ever exists as a session object, usable for nothing, for one call.
+# EXTRACTABLE because wrapping it requires that (and reading it back after an unwrap).
+_DEK_TEMPLATE: dict[Attribute, Any] = {
+    Attribute.TOKEN: False, Attribute.EXTRACTABLE: True, Attribute.ENCRYPT: False, Attribute.DECRYPT: False,
+    Attribute.WRAP: False, Attribute.UNWRAP: False, Attribute.SIGN: False, Attribute.VERIFY: False,
+    Attribute.DERIVE: False,
+}
+
 # Errors that mean "the session we hold is gone" (module re-initialised, token removed): reopen once.
 _STALE_SESSION = (
     p11x.SessionHandleInvalid,
@@ -116,19 +130,85 @@ def default_module_path() -> str:
 class _Connection:
     """The one logged-in session this process holds on one token."""
 
+    serial: bytes
     session: Any
     pin_mac: bytes
-    generation: int
     users: int = 0
 
 
 @dataclass(eq=False)
 class _Module:
+    """A loaded PKCS#11 library and the logged-in sessions this process holds on its tokens.
+
+    Callers hold ``lock`` around every method and every use of a session. A provider keeps a
+    reference to its ``_Connection`` and trusts it only while ``connections`` still holds that very
+    object: identity, not the token serial, because a dead session's handle number may be reused
+    for another token's session.
+    """
+
     path: str
     lib: Any
     lock: threading.RLock = field(default_factory=threading.RLock)
-    generation: int = 0
     connections: dict[bytes, _Connection] = field(default_factory=dict)
+
+    def is_live(self, conn: _Connection) -> bool:
+        return self.connections.get(conn.serial) is conn
+
+    def acquire(self, token: Any, pin: str) -> _Connection:
+        mac = _pin_mac(pin)
+        conn = self.connections.get(token.serial)
+        if conn is not None:
+            if not hmac.compare_digest(conn.pin_mac, mac):
+                raise _pin_error(token.label)
+        else:
+            conn = self.connections[token.serial] = _Connection(token.serial, _login(token, pin), mac)
+        conn.users += 1
+        return conn
+
+    def release(self, conn: _Connection) -> None:
+        if not self.is_live(conn):
+            return
+        conn.users -= 1
+        if conn.users <= 0:
+            del self.connections[conn.serial]
+            try:
+                conn.session.close()  # the last session on a token also ends its login
+            except p11x.PKCS11Error:
+                pass  # gone either way
+
+    def discard(self, conn: _Connection) -> None:
+        """Drop a connection whose session died (its handle must never be used again)."""
+        if self.is_live(conn):
+            del self.connections[conn.serial]
+
+
+def _login(token: Any, pin: str) -> Any:
+    # python-pkcs11 opens the session before C_Login; on a refused PIN that unauthenticated
+    # session stays open (the library offers no handle to close it). It grants nothing.
+    label = token.label
+    try:
+        return token.open(rw=True, user_pin=pin)
+    except _BAD_PIN:
+        raise _pin_error(label) from None
+    except p11x.UserPinNotInitialized:
+        raise HsmPinError(
+            f"Token {label!r} has no user PIN set.",
+            hint="Initialise it (softhsm2-util --init-token ... --pin PIN, or your HSM's tool).",
+        ) from None
+    except p11x.PinLocked:
+        raise HsmPinError(
+            f"The user PIN of token {label!r} is locked.", hint="Ask the HSM's security officer to reset it."
+        ) from None
+    except p11x.UserAlreadyLoggedIn:
+        raise HsmError(
+            f"Token {label!r} is already logged in by other code in this process.",
+            hint="Use sealinfer's Pkcs11Provider for every use of this token in the process.",
+        ) from None
+    except p11x.PKCS11Error as exc:
+        raise HsmError(
+            f"Could not open a session on token {label!r} ({type(exc).__name__}).",
+            hint="Check that the token is present and initialised.",
+        ) from None
 
 
 _MODULES: dict[str, _Module] = {}
@@ -177,7 +257,6 @@ def refresh_tokens(module_path: str | None = None) -> None:
         return
     with module.lock:
         module.connections.clear()  # their handles die with C_Finalize; never reuse them
-        module.generation += 1
         try:
             module.lib.reinitialize()
         except p11x.PKCS11Error as exc:
@@ -208,7 +287,7 @@ class Pkcs11Provider(KeyProvider):
         self.module_path = module_path or default_module_path()
         self.token_label = token_label
         self._pin = pin if pin is not None else os.environ.get(PIN_ENV)
-        self._serial: bytes | None = None  # token this provider holds a reference on
+        self._conn: _Connection | None = None  # this provider's counted reference, once logged in
         self._closed = False
 
     def __repr__(self) -> str:  # never the PIN
@@ -230,25 +309,12 @@ class Pkcs11Provider(KeyProvider):
     def close(self) -> None:
         """Release this provider's hold on the token session (logs out when the last one goes)."""
         self._closed = True
+        conn, self._conn = self._conn, None
         with _MODULES_LOCK:
             module = _MODULES.get(self.module_path)
-        if module is None or self._serial is None:
-            return
-        with module.lock:
-            self._release(module)
-
-    def _release(self, module: _Module) -> None:
-        serial, self._serial = self._serial, None
-        conn = module.connections.get(serial) if serial is not None else None
-        if conn is None:
-            return
-        conn.users -= 1
-        if conn.users <= 0:
-            del module.connections[serial]  # type: ignore[arg-type]
-            try:
-                conn.session.close()
-            except p11x.PKCS11Error:
-                pass  # the session is gone either way
+        if module is not None and conn is not None:
+            with module.lock:
+                module.release(conn)
 
     # -- KEK management ----------------------------------------------------------------------
 
@@ -279,20 +345,7 @@ class Pkcs11Provider(KeyProvider):
                 label=label,
                 store=True,
                 capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
-                template={
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.MODIFIABLE: False,
-                    Attribute.WRAP: True,
-                    Attribute.UNWRAP: True,
-                    Attribute.ENCRYPT: False,
-                    Attribute.DECRYPT: False,
-                    Attribute.SIGN: False,
-                    Attribute.VERIFY: False,
-                    Attribute.DERIVE: False,
-                },
+                template=_KEK_TEMPLATE,
             )
 
         self._run(f"generating KEK {kek_id}", generate)
@@ -345,13 +398,8 @@ class Pkcs11Provider(KeyProvider):
                 Attribute.CLASS: ObjectClass.SECRET_KEY,
                 Attribute.KEY_TYPE: KeyType.AES,
                 Attribute.VALUE: bytes(data_key),
-                Attribute.TOKEN: False,
                 Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: True,  # required to be wrapped
-                Attribute.ENCRYPT: False,
-                Attribute.DECRYPT: False,
-                Attribute.WRAP: False,
-                Attribute.UNWRAP: False,
+                **_DEK_TEMPLATE,
             })
             try:
                 return bytes(kek.wrap_key(dek, mechanism=Mechanism.AES_KEY_WRAP_PAD))
@@ -382,15 +430,7 @@ class Pkcs11Provider(KeyProvider):
                     wrapped.wrapped,
                     mechanism=Mechanism.AES_KEY_WRAP_PAD,
                     store=False,
-                    template={
-                        Attribute.TOKEN: False,
-                        Attribute.SENSITIVE: False,
-                        Attribute.EXTRACTABLE: True,
-                        Attribute.ENCRYPT: False,
-                        Attribute.DECRYPT: False,
-                        Attribute.WRAP: False,
-                        Attribute.UNWRAP: False,
-                    },
+                    template={Attribute.SENSITIVE: False, **_DEK_TEMPLATE},  # so we may read it back
                 )
             except _UNWRAP_FAILED:
                 raise UnwrapError(
@@ -424,7 +464,9 @@ class Pkcs11Provider(KeyProvider):
                     with _mapped_errors(what):
                         return operation(session)
                 except _StaleSession:
-                    self._forget(module)
+                    if self._conn is not None:
+                        module.discard(self._conn)
+                    self._conn = None
                     if attempt == 2:
                         raise HsmError(
                             f"The token {self.token_label!r} went away while {what}.",
@@ -432,59 +474,18 @@ class Pkcs11Provider(KeyProvider):
                         ) from None
         raise AssertionError("unreachable")
 
-    def _forget(self, module: _Module) -> None:
-        if self._serial is not None:
-            module.connections.pop(self._serial, None)
-        self._serial = None
-
     def _session(self, module: _Module) -> Any:
-        if self._serial is not None:
-            conn = module.connections.get(self._serial)
-            if conn is not None and conn.generation == module.generation:
-                return conn.session
-            self._serial = None  # module re-initialised: our reference died with it
+        if self._conn is not None and module.is_live(self._conn):
+            return self._conn.session
+        self._conn = None  # closed by refresh_tokens() or found dead: never touch its handle again
         token = self._find_token(module)
         if not self._pin:
             raise HsmPinError(
                 f"No user PIN for token {self.token_label!r}.",
                 hint=f"Set {PIN_ENV} or pass pin=... to Pkcs11Provider.",
             )
-        mac = _pin_mac(self._pin)
-        conn = module.connections.get(token.serial)
-        if conn is not None and conn.generation == module.generation:
-            if not hmac.compare_digest(conn.pin_mac, mac):
-                raise _pin_error(self.token_label)
-        else:
-            try:
-                session = token.open(rw=True, user_pin=self._pin)
-            except _BAD_PIN:
-                raise _pin_error(self.token_label) from None
-            except p11x.UserPinNotInitialized:
-                raise HsmPinError(
-                    f"Token {self.token_label!r} has no user PIN set.",
-                    hint="Initialise it (softhsm2-util --init-token ... --pin PIN, or your HSM's tool).",
-                ) from None
-            except p11x.PinLocked:
-                raise HsmPinError(
-                    f"The user PIN of token {self.token_label!r} is locked.",
-                    hint="Ask the HSM's security officer to reset it.",
-                ) from None
-            except p11x.UserAlreadyLoggedIn:
-                raise HsmError(
-                    f"Token {self.token_label!r} is already logged in by other code in this process.",
-                    hint="Use one Pkcs11Provider per token and process.",
-                ) from None
-            except p11x.PKCS11Error as exc:
-                raise HsmError(
-                    f"Could not open a session on token {self.token_label!r} ({type(exc).__name__}).",
-                    hint="Check that the token is present and initialised.",
-                ) from None
-            conn = module.connections[token.serial] = _Connection(
-                session=session, pin_mac=mac, generation=module.generation
-            )
-        conn.users += 1
-        self._serial = token.serial
-        return conn.session
+        self._conn = module.acquire(token, self._pin)
+        return self._conn.session
 
     def _find_token(self, module: _Module) -> Any:
         try:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pkcs11
 import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
@@ -17,7 +18,7 @@ from pkcs11 import exceptions as p11x
 
 from sealinfer.runtime.errors import ConfigurationError, HsmError, KeyNotFoundError, UnwrapError
 from sealinfer.runtime.keys.base import WRAP_ALGORITHM, KeyProvider, WrappedKey
-from sealinfer.runtime.keys.pkcs11 import refresh_tokens
+from sealinfer.runtime.keys.pkcs11 import HsmPinError, refresh_tokens
 from sealinfer.tests.softhsm import SoftHsm, SoftHsmToken, find_softhsm_module, init_token, softhsm_env
 
 pytestmark = pytest.mark.hsm
@@ -262,3 +263,17 @@ def test_kek_survives_across_processes_with_their_own_config(tmp_path: Path) -> 
     sealed = child("seal")
     assert json.loads(sealed)["kek_id"] == "pkcs11:site-kek"
     assert json.loads(child("open", sealed)) == {"ok": True, "keks": ["pkcs11:site-kek"]}
+
+
+# python-pkcs11's SearchIter.__del__ re-raises the dead handle's error as "unraisable": harmless noise.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_provider_recovers_when_its_session_dies_behind_its_back(hsm_token: SoftHsmToken) -> None:
+    with hsm_token.provider() as hsm, hsm_token.provider() as other:
+        kek_id = hsm.generate_kek()
+        wrapped = hsm.wrap_data_key(kek_id, _dek(16))
+        assert other.unwrap_data_key(wrapped) == _dek(16)
+        pkcs11.lib(hsm_token.module_path).reinitialize()  # not via refresh_tokens: handles die unannounced
+        assert hsm.unwrap_data_key(wrapped) == _dek(16)  # reconnects and logs in again
+        assert other.unwrap_data_key(wrapped) == _dek(16)  # re-checks its PIN against the new login
+    with pytest.raises(HsmPinError):
+        hsm_token.provider(pin="wrong").list_keks()
