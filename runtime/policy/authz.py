@@ -221,14 +221,14 @@ class Authorizer:
         try:
             result = cedarpy.is_authorized(request, state.policies, entities, state.schema)
         except (ValueError, TypeError) as exc:  # fail closed on anything Cedar cannot evaluate
-            return _deny(state, caller, (f"evaluation-error: {exc}",), ())
+            return _deny(state, caller, (f"evaluation-error: {exc}",), ("evaluation-error",))
         errors = result.diagnostics.errors
         # Cedar reports matching policies in no fixed order; audit records must be reproducible.
         matched = sorted(result.diagnostics.reasons, key=lambda p: state.order.get(p, 1 << 30))
         ids = tuple(state.labels.get(p, (p, ""))[0] for p in matched)
         reasons = tuple(_reason_line(state.labels.get(p, (p, ""))) for p in matched)
         if errors:
-            return _deny(state, caller, tuple(f"evaluation-error: {e}" for e in errors), ids)
+            return _deny(state, caller, tuple(f"evaluation-error: {e}" for e in errors), ("evaluation-error",))
         if result.allowed:
             return Decision(True, reasons, bool(caller.break_glass), state.version, False, ids)
         if not reasons:

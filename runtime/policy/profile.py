@@ -422,7 +422,7 @@ def _schema_issues(data: dict[str, Any], root: yaml.Node | None, source: str) ->
             issues.append(
                 ProfileIssue(
                     source,
-                    _line(_node_at(root, path)),
+                    _line(_node_at(root, path, key=True)),  # the line naming the section
                     _dotted((*path, missing)),
                     "missing required key",
                 )
