@@ -102,7 +102,7 @@ def _load_model(path: Path) -> onnx.ModelProto:
         # By path, so models with external data past 2 GB are checked without loading their weights.
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        first = " ".join(str(exc).split())[:300] or exc.__class__.__name__
         raise OnnxCheckError(
             f"{path} fails the ONNX checker: {first}",
             hint="Fix the exporter's output (onnx.checker.check_model shows the full report).",
@@ -307,3 +307,31 @@ def _write(
         raise
     finally:
         buf[:] = bytes(len(buf))
+
+
+def seal_options_for_policy(options: SealOptions, policy: Any) -> SealOptions:
+    """Fill ``options`` from a policy profile (name, path or ``PolicyProfile``) and check its demands.
+
+    The profile's ε limit applies unless a stricter one was given; a profile that requires a DP
+    certificate or a watermark refuses to seal without one, before any work is done.
+    """
+    from dataclasses import replace
+
+    from sealinfer.runtime.policy.profile import PolicyProfile, load_profile
+
+    profile = policy if isinstance(policy, PolicyProfile) else load_profile(policy)
+    limit = profile.privacy.max_epsilon
+    max_eps = options.max_epsilon
+    if limit is not None:
+        max_eps = limit if max_eps is None else min(max_eps, limit)
+    if profile.privacy.require_certificate and options.dp_certificate is None:
+        raise CertificateError(
+            f"Policy profile {profile.id!r} requires a differential-privacy certificate.",
+            hint="Train with sealinfer.privacy.train_dp and pass its certificate (--dp-cert CERT.json).",
+        )
+    if profile.watermark.required and options.watermark_payload is None:
+        raise ConfigurationError(
+            f"Policy profile {profile.id!r} requires a watermark.",
+            hint="Pass a payload to embed (--watermark-payload 'hospital/site').",
+        )
+    return replace(options, policy_profile=profile.id, max_epsilon=max_eps)

@@ -117,6 +117,15 @@ def plan_weights(model: onnx.ModelProto, base_dir: Path | None) -> WeightsPlan:
     offset = 0
     for t in model.graph.initializer:
         if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or _dense_size(t) < MIN_EXTERNAL_BYTES:
+            if t.data_location == TensorProto.EXTERNAL:  # small but stored in the source's external file
+                src = _tensor_bytes(t, base_dir)
+                assert src.file is not None
+                with src.file.open("rb") as fh:
+                    fh.seek(src.file_offset)
+                    data = fh.read(src.length)
+                del t.external_data[:]
+                t.data_location = TensorProto.DEFAULT
+                t.raw_data = data
             continue
         src = _tensor_bytes(t, base_dir)
         if src.length != _dense_size(t):

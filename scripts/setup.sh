@@ -12,7 +12,7 @@ RUN_DEMO=1
 # System packages the product and its tests need: SoftHSM2 (PKCS#11 tests), Chromium + driver
 # (dashboard end-to-end tests), poppler (pdftotext for report tests), Pango/fonts (WeasyPrint PDFs).
 APT_PACKAGES=(softhsm2 opensc chromium chromium-driver poppler-utils fonts-dejavu-core
-              libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 sqlite3)
+              libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 sqlite3 strace)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

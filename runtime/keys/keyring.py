@@ -376,7 +376,7 @@ class Keyring(KeyProvider):
             )
         try:
             return aes_key_unwrap_with_padding(self._secret(wrapped.kek_id), wrapped.wrapped)
-        except InvalidUnwrap:
+        except (InvalidUnwrap, ValueError):  # ValueError: not a whole number of 8-byte blocks
             raise UnwrapError(
                 f"The data key wrapped for {wrapped.kek_id!r} fails its integrity check.",
                 hint="The artifact header was altered or the KEK file is not the original.",

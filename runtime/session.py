@@ -1,0 +1,127 @@
+"""A loaded sealed model: ``SealedSession.run`` is the hot path every inference goes through.
+
+Phases of a call (each timed into telemetry): authorize -> validate -> inference -> guard -> record.
+The security phases are built to cost microseconds: authorization is a cached dict lookup, input
+validation is a handful of numpy attribute checks, and the audit record is committed by whichever
+caller finds no commit in progress (group commit), so a lone caller pays one inline commit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnxruntime as ort
+
+from sealinfer.runtime.errors import SealinferError
+from sealinfer.runtime.loader import DecryptedModel
+from sealinfer.runtime.tensorspec import TensorSpec
+
+if TYPE_CHECKING:
+    from sealinfer.runtime.caller import Caller
+    from sealinfer.runtime.guard import RequestGuard
+
+
+class SealedSession:
+    """An onnxruntime session over a decrypted sealed model. Thread-safe; close() zeroes plaintext."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        decrypted: DecryptedModel,
+        manifest: dict[str, Any],
+        *,
+        guard: RequestGuard | None = None,
+        device: str = "cpu",
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self._session = session
+        self._decrypted = decrypted
+        self._manifest = manifest
+        self._guard = guard
+        self._device = device
+        self._on_close = on_close
+        self._closed = False
+        self._lock = threading.Lock()
+        sig = manifest.get("signature_io", {})
+        self.inputs = [TensorSpec.from_dict(s) for s in sig.get("inputs", [])]
+        self.outputs = [TensorSpec.from_dict(s) for s in sig.get("outputs", [])]
+        self._output_names = [o.name for o in self.outputs] or [o.name for o in session.get_outputs()]
+
+    # --- what it is --------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._manifest
+
+    @property
+    def name(self) -> str:
+        return str(self._manifest["model"]["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self._manifest["model"]["version"])
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the sealed plaintext (graph + weights): the model's identity in audit records."""
+        return str(self._manifest["model"]["sha256"])
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def onnx_session(self) -> ort.InferenceSession:
+        return self._session
+
+    # --- running -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        caller: Caller | None = None,
+        priority: str = "routine",
+    ) -> dict[str, np.ndarray]:
+        """Run the model on ``inputs``; outputs are bit-identical to plain onnxruntime on the same model.
+
+        Under a policy, ``caller`` is required: the call is authorized, validated, guarded, audited
+        (returns only after its audit record is committed) and timed into telemetry.
+        """
+        if self._closed:
+            raise SealinferError("This session is closed.", hint="Load the model again with Runtime.load().")
+        if self._guard is not None:
+            return self._guard.run(self, inputs, caller, priority)
+        return self._infer(inputs)
+
+    def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._output_names, dict(inputs))
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        """Release the onnxruntime session and zero the decrypted weights."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        del self._session
+        self._decrypted.close()
+        if self._on_close is not None:
+            self._on_close()
+
+    def __enter__(self) -> SealedSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SealedSession(name={self.name!r}, version={self.version!r}, device={self._device!r})"
+
+
+def timed() -> int:
+    return time.perf_counter_ns()

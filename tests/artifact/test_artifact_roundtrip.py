@@ -1,0 +1,134 @@
+"""Sealing and loading give bit-identical outputs, for every way an ONNX model can hold its weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from sealinfer.runtime import Runtime, SealOptions, seal_model
+from sealinfer.runtime.artifact import SealedArtifact
+from sealinfer.runtime.keys.keyring import Keyring
+from sealinfer.tests import models
+
+
+def _plain(model_path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _assert_identical(sealed: dict[str, np.ndarray], plain: list[np.ndarray], names: list[str]) -> None:
+    assert list(sealed) == names
+    for name, ref in zip(names, plain, strict=True):
+        assert sealed[name].dtype == ref.dtype
+        assert np.array_equal(sealed[name], ref), name  # bit-identical, not allclose
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["embedded", "external-data"])
+def test_sealed_outputs_are_bit_identical_to_plain_onnxruntime(tmp_path: Path, keyring: Keyring, external: bool):
+    model_path = models.save(models.mlp(30, 256, 2), tmp_path / "mlp.onnx", external=external)
+    seal_model(model_path, tmp_path / "mlp.sealed", keyring=keyring, options=SealOptions(name="sepsis"))
+    session = Runtime(keyring).load(tmp_path / "mlp.sealed")
+    x = np.random.default_rng(1).standard_normal((16, 30)).astype(np.float32)
+    _assert_identical(session.run({"input": x}), _plain(model_path, {"input": x}), ["logits", "probabilities"])
+    assert session.name == "sepsis"
+
+
+def test_breast_cancer_classifier_round_trip(tmp_path: Path, keyring: Keyring):
+    model, x_test, y_test = models.breast_cancer_mlp()
+    path = models.save(model, tmp_path / "bc.onnx")
+    seal_model(path, tmp_path / "bc.sealed", keyring=keyring)
+    probs = Runtime(keyring).load(tmp_path / "bc.sealed").run({"input": x_test})["probabilities"]
+    assert np.array_equal(probs, _plain(path, {"input": x_test})[1])
+    assert (probs.argmax(1) == y_test).mean() > 0.9  # it is a real classifier, not noise
+
+
+def test_typed_field_initializers_and_weightless_models(tmp_path: Path, keyring: Keyring):
+    # float_data (not raw_data) initializers, an int64 shape initializer, and a small one kept inline.
+    w = np.arange(600, dtype=np.float32).reshape(20, 30) / 600
+    weight = helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.flatten().tolist())
+    shape = helper.make_tensor("S", TensorProto.INT64, [2], [-1, 20])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["W"], ["Wt"]),
+            helper.make_node("MatMul", ["input", "Wt"], ["m"]),
+            helper.make_node("Reshape", ["m", "S"], ["out"]),
+        ],
+        "typed",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 30])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 20])],
+        [weight, shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = models.save(model, tmp_path / "typed.onnx")
+    seal_model(path, tmp_path / "typed.sealed", keyring=keyring)
+    x = np.ones((3, 30), np.float32)
+    out = Runtime(keyring).load(tmp_path / "typed.sealed").run({"input": x})
+    assert np.array_equal(out["out"], _plain(path, {"input": x})[0])
+
+    identity = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["a"], ["b"])],
+            "id",
+            [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2])],
+            [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    identity.ir_version = 8
+    p2 = models.save(identity, tmp_path / "id.onnx")
+    art = seal_model(p2, tmp_path / "id.sealed", keyring=keyring)
+    assert art.payload.sections["weights"][1] == 0
+    out = Runtime(keyring).load(tmp_path / "id.sealed").run({"a": np.array([1.5, -2], np.float32)})
+    assert out["b"].tolist() == [1.5, -2.0]
+
+
+def test_several_recipients_each_open_the_same_artifact(tmp_path: Path, keyring: Keyring):
+    first = keyring.default_kek_id()
+    second = keyring.generate("kek").id
+    path = models.save(models.mlp(), tmp_path / "m.onnx")
+    art = seal_model(path, tmp_path / "m.sealed", keyring=keyring, options=SealOptions(recipients=[first, second]))
+    assert [r.kek_id for r in art.recipients] == [first, second]
+    x = np.zeros((1, 30), np.float32)
+    expected = Runtime(keyring).load(tmp_path / "m.sealed").run({"input": x})["probabilities"]
+    # Losing either recipient's KEK still leaves the other one able to open the artifact.
+    keyring.revoke(first, "test: first recipient gone")
+    again = Runtime(keyring).load(tmp_path / "m.sealed").run({"input": x})["probabilities"]
+    assert np.array_equal(expected, again)
+
+
+def test_inspect_shows_manifest_and_never_key_bytes(tmp_path: Path, keyring: Keyring, mlp_path: Path):
+    art = seal_model(mlp_path, tmp_path / "m.sealed", keyring=keyring, options=SealOptions(name="n", version="3"))
+    shown = json.dumps(SealedArtifact.open(tmp_path / "m.sealed").inspect())
+    assert '"name": "n"' in shown and '"version": "3"' in shown
+    assert all(r.wrapped.hex() not in shown for r in art.recipients)
+    import base64
+
+    assert all(base64.b64encode(r.wrapped).decode() not in shown for r in art.recipients)
+    manifest = art.manifest
+    assert manifest["signature_io"]["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["N", 30]}]
+    assert manifest["model"]["source_sha256"] != manifest["model"]["sha256"]  # layout differs from the file
+
+
+def test_seal_is_atomic_and_rejects_bad_models(tmp_path: Path, keyring: Keyring):
+    from sealinfer.runtime.errors import NotOnnxError, OnnxCheckError
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a protobuf \xff\xfe" * 10)
+    with pytest.raises(NotOnnxError, match="not an ONNX model"):
+        seal_model(junk, tmp_path / "out.sealed", keyring=keyring)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(NotOnnxError, match="empty"):
+        seal_model(empty, tmp_path / "out.sealed", keyring=keyring)
+    bad = models.mlp()
+    bad.graph.node[0].input[1] = "missing_weight"
+    onnx.save_model(bad, str(tmp_path / "bad.onnx"))
+    with pytest.raises(OnnxCheckError, match="fails the ONNX checker"):
+        seal_model(tmp_path / "bad.onnx", tmp_path / "out.sealed", keyring=keyring)
+    assert not any(p.name.endswith((".sealed", ".partial")) for p in tmp_path.iterdir())
