@@ -34,10 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pkcs11
 import pytest
 
-from sealinfer.runtime.keys.pkcs11 import SOFTHSM2_PATHS, Pkcs11Provider, refresh_tokens
+from sealinfer.runtime.keys.pkcs11 import SOFTHSM2_PATHS, Pkcs11Provider, loaded_library, refresh_tokens
 
 SO_PIN = "so-pin-0000"
 USER_PIN = "user-pin-1234"
@@ -113,7 +112,7 @@ class SoftHsmToken:
         It does not log in: PKCS#11 login state is per process, so while a provider is logged in
         this session sees the token's private objects too, as any code in the process would.
         """
-        session = pkcs11.lib(self.module_path).get_token(token_label=self.label).open(rw=True)
+        session = loaded_library(self.module_path).get_token(token_label=self.label).open(rw=True)
         try:
             yield session
         finally:

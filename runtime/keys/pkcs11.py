@@ -46,6 +46,7 @@ __all__ = [
     "Pkcs11Provider",
     "SOFTHSM2_PATHS",
     "default_module_path",
+    "loaded_library",
     "refresh_tokens",
 ]
 
@@ -211,6 +212,8 @@ def _login(token: Any, pin: str) -> Any:
         ) from None
 
 
+# Keyed by real path: one library reached through two names (a symlink) is still one library in
+# the process, and initialising it twice fails with CKR_CRYPTOKI_ALREADY_INITIALIZED.
 _MODULES: dict[str, _Module] = {}
 _MODULES_LOCK = threading.Lock()
 _PIN_MAC_KEY = secrets.token_bytes(32)
@@ -224,22 +227,32 @@ def _module_hint() -> str:
     return f"Install softhsm2 (apt-get install softhsm2) or set {MODULE_ENV} to your HSM's PKCS#11 library."
 
 
-def _load_module(path: str) -> _Module:
+def _load_module(given: str) -> _Module:
+    path = os.path.realpath(given)
     with _MODULES_LOCK:
         loaded = _MODULES.get(path)
         if loaded is not None:
             return loaded
         if not os.path.isfile(path):
-            raise HsmError(f"PKCS#11 module not found at {path}.", hint=_module_hint())
+            raise HsmError(f"PKCS#11 module not found at {given}.", hint=_module_hint())
         try:
             lib = pkcs11.lib(path)
         except p11x.PKCS11Error as exc:
             raise HsmError(
-                f"PKCS#11 module at {path} could not be loaded or initialised ({type(exc).__name__}: {exc}).",
+                f"PKCS#11 module at {given} could not be loaded or initialised ({type(exc).__name__}: {exc}).",
                 hint=_module_hint() + " For SoftHSM2, check that SOFTHSM2_CONF names a readable config file.",
             ) from None
         loaded = _MODULES[path] = _Module(path=path, lib=lib)
         return loaded
+
+
+def loaded_library(module_path: str | None = None) -> Any:
+    """The python-pkcs11 ``lib`` object sealinfer uses for a module (loading it if need be).
+
+    For diagnostics and tests that must reach the token directly; go through the same object,
+    because a second ``pkcs11.lib`` under another name for the same file cannot initialise.
+    """
+    return _load_module(module_path or default_module_path()).lib
 
 
 def refresh_tokens(module_path: str | None = None) -> None:
@@ -252,7 +265,7 @@ def refresh_tokens(module_path: str | None = None) -> None:
     """
     path = module_path or default_module_path()
     with _MODULES_LOCK:
-        module = _MODULES.get(path)
+        module = _MODULES.get(os.path.realpath(path))
     if module is None:
         return
     with module.lock:
@@ -311,7 +324,7 @@ class Pkcs11Provider(KeyProvider):
         self._closed = True
         conn, self._conn = self._conn, None
         with _MODULES_LOCK:
-            module = _MODULES.get(self.module_path)
+            module = _MODULES.get(os.path.realpath(self.module_path))
         if module is not None and conn is not None:
             with module.lock:
                 module.release(conn)

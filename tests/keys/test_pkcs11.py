@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pkcs11
 import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
@@ -18,7 +17,7 @@ from pkcs11 import exceptions as p11x
 
 from sealinfer.runtime.errors import ConfigurationError, HsmError, KeyNotFoundError, UnwrapError
 from sealinfer.runtime.keys.base import WRAP_ALGORITHM, KeyProvider, WrappedKey
-from sealinfer.runtime.keys.pkcs11 import HsmPinError, refresh_tokens
+from sealinfer.runtime.keys.pkcs11 import HsmPinError, Pkcs11Provider, loaded_library, refresh_tokens
 from sealinfer.tests.softhsm import SoftHsm, SoftHsmToken, find_softhsm_module, init_token, softhsm_env
 
 pytestmark = pytest.mark.hsm
@@ -272,8 +271,18 @@ def test_provider_recovers_when_its_session_dies_behind_its_back(hsm_token: Soft
         kek_id = hsm.generate_kek()
         wrapped = hsm.wrap_data_key(kek_id, _dek(16))
         assert other.unwrap_data_key(wrapped) == _dek(16)
-        pkcs11.lib(hsm_token.module_path).reinitialize()  # not via refresh_tokens: handles die unannounced
+        loaded_library(hsm_token.module_path).reinitialize()  # not via refresh_tokens: handles die unannounced
         assert hsm.unwrap_data_key(wrapped) == _dek(16)  # reconnects and logs in again
         assert other.unwrap_data_key(wrapped) == _dek(16)  # re-checks its PIN against the new login
     with pytest.raises(HsmPinError):
         hsm_token.provider(pin="wrong").list_keks()
+
+
+def test_one_library_through_two_paths(hsm_token: SoftHsmToken, tmp_path: Path) -> None:
+    alias = tmp_path / "alias-libsofthsm2.so"
+    alias.symlink_to(hsm_token.module_path)
+    with hsm_token.provider() as direct:
+        kek_id = direct.generate_kek()
+        wrapped = direct.wrap_data_key(kek_id, _dek(17))
+        with Pkcs11Provider(str(alias), token_label=hsm_token.label, pin=hsm_token.pin) as via_alias:
+            assert via_alias.unwrap_data_key(wrapped) == _dek(17)
