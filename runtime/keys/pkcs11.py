@@ -7,7 +7,8 @@ token with CKM_AES_KEY_WRAP_PAD (RFC 5649, the same bytes the local keyring prod
 
 Why one lock per *module* rather than per provider: python-pkcs11 calls ``C_Initialize(NULL)``,
 which tells the module that the application will not call it from several threads at once
-(SoftHSM2 then disables its own mutexes). So every call into a loaded module is serialised here.
+(SoftHSM2 then does no locking of its own: without this lock, concurrent wraps crash it). So every
+call into a loaded module is serialised here.
 
 Why providers share one logged-in session per token: PKCS#11 login state belongs to the whole
 process, so a second ``C_Login`` on a token fails with CKR_USER_ALREADY_LOGGED_IN. A provider that
