@@ -1,0 +1,166 @@
+"""One audit record: the event a caller describes, and the exact bytes the log hashes.
+
+The log stores each record's *canonical body* verbatim and hashes those stored bytes, so verification
+never re-serialises anything (a JSON library upgrade in six years cannot break an old chain). The body
+is ASCII JSON: first the fields the log assigns (``event_id``, ``time``, format ``v``), then the event's
+own fields with sorted keys, no whitespace. Only digests of inputs and outputs are accepted (hex
+strings); anything that looks like raw data is refused so patient data cannot leak into the log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sealinfer.runtime.errors import StoreError
+
+FORMAT_VERSION = 1
+DECISIONS = frozenset({"allow", "deny"})
+OUTCOMES = frozenset({"ok", "denied", "error"})
+_HEX_DIGEST = re.compile(r"^[0-9a-f]{16,128}$")
+_MODEL_DIGEST = re.compile(r"^(sha256:)?[0-9a-f]{16,128}$")
+_TEXT_LIMIT = 512  # ids, names and reasons; longer values are a bug (or data) in the caller
+
+
+class InvalidAuditEventError(StoreError):
+    """An ``AuditEvent`` is malformed (wrong type, empty identity, non-digest where a digest belongs)."""
+
+    code = "audit_event_invalid"
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    """What happened, who did it, why, and under which policy. The log adds seq, event id and time."""
+
+    actor: str
+    role: str
+    purpose: str
+    action: str
+    model_id: str | None = None
+    model_version: str | None = None
+    model_digest: str | None = None
+    policy_id: str | None = None
+    policy_version: str | None = None
+    decision: str = "allow"
+    reasons: list[str] = field(default_factory=list)
+    outcome: str = "ok"
+    error_code: str | None = None
+    device: str | None = None
+    input_digest: str | None = None
+    output_digest: str | None = None
+    latency_us: int | None = None
+    tenant: str | None = None
+    break_glass: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Validated canonical JSON of the event's own fields (sorted keys, ASCII, no whitespace)."""
+        _validate(self)
+        data = {
+            "action": self.action, "actor": self.actor, "break_glass": self.break_glass,
+            "decision": self.decision, "details": self.details, "device": self.device,
+            "error_code": self.error_code, "input_digest": self.input_digest,
+            "latency_us": self.latency_us, "model_digest": self.model_digest, "model_id": self.model_id,
+            "model_version": self.model_version, "outcome": self.outcome,
+            "output_digest": self.output_digest, "policy_id": self.policy_id,
+            "policy_version": self.policy_version, "purpose": self.purpose, "reasons": list(self.reasons),
+            "role": self.role, "tenant": self.tenant,
+        }
+        try:
+            return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidAuditEventError(
+                f"Audit event details are not JSON-safe ({exc}).",
+                hint="Pass only str/int/float/bool/None, lists and dicts with string keys in details.",
+            ) from None
+
+
+def _bad(message: str, hint: str) -> InvalidAuditEventError:
+    return InvalidAuditEventError(message, hint=hint)
+
+
+def _validate(ev: AuditEvent) -> None:
+    for name in ("actor", "role", "purpose", "action"):
+        value = getattr(ev, name)
+        if not isinstance(value, str) or not value.strip():
+            raise _bad(f"Audit event field {name!r} must be a non-empty string, got {value!r}.",
+                       "Every record must say who acted, in which role, for what purpose, doing what.")
+    for name in ("actor", "role", "purpose", "action", "model_id", "model_version", "policy_id",
+                 "policy_version", "error_code", "device", "tenant"):
+        value = getattr(ev, name)
+        if value is not None and (not isinstance(value, str) or len(value) > _TEXT_LIMIT):
+            raise _bad(f"Audit event field {name!r} must be a string of at most {_TEXT_LIMIT} characters.",
+                       "Record identifiers here, never data.")
+    if ev.decision not in DECISIONS:
+        raise _bad(f"Audit decision {ev.decision!r} is not one of {sorted(DECISIONS)}.", "Use allow or deny.")
+    if ev.outcome not in OUTCOMES:
+        raise _bad(f"Audit outcome {ev.outcome!r} is not one of {sorted(OUTCOMES)}.",
+                   "Use ok, denied or error.")
+    for name in ("input_digest", "output_digest"):
+        value = getattr(ev, name)
+        if value is not None and (not isinstance(value, str) or not _HEX_DIGEST.match(value)):
+            raise _bad(f"Audit field {name!r} must be a lowercase hex digest (16-128 hex digits).",
+                       "Store a keyed HMAC digest of the tensor, never the tensor itself.")
+    if ev.model_digest is not None and (
+        not isinstance(ev.model_digest, str) or not _MODEL_DIGEST.match(ev.model_digest)
+    ):
+        raise _bad("Audit field 'model_digest' must be a hex SHA-256 digest (optionally 'sha256:'-prefixed).",
+                   "Pass the manifest's plaintext digest.")
+    if not isinstance(ev.reasons, list | tuple) or not all(
+        isinstance(r, str) and len(r) <= _TEXT_LIMIT for r in ev.reasons
+    ):
+        raise _bad("Audit field 'reasons' must be a list of short strings.", "Pass reason codes or sentences.")
+    if not isinstance(ev.break_glass, bool):
+        raise _bad("Audit field 'break_glass' must be a bool.", "Pass Caller.break_glass.")
+    if ev.latency_us is not None and (isinstance(ev.latency_us, bool) or not isinstance(ev.latency_us, int)
+                                      or ev.latency_us < 0):
+        raise _bad("Audit field 'latency_us' must be a non-negative int (microseconds).", "Round it.")
+    if not isinstance(ev.details, dict):
+        raise _bad("Audit field 'details' must be a dict.", "Wrap the value in a dict with a descriptive key.")
+    for value in ev.details.values():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _bad("Audit details contain a NaN or infinite number.", "Record None instead.")
+
+
+# --- assigned fields ---------------------------------------------------------------------------
+
+
+def uuid7(unix_ms: int) -> str:
+    """An RFC 9562 UUIDv7 string: 48-bit Unix milliseconds, version 7, variant 10, 74 random bits."""
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = ((unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) \
+        | (0b10 << 62) | (rand & 0x3FFF_FFFF_FFFF_FFFF)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def rfc3339(time_ns: int) -> str:
+    """RFC 3339 UTC with microseconds and a ``Z``: fixed width, so strings sort like times."""
+    seconds, rest = divmod(time_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
+
+
+def to_rfc3339(moment: datetime) -> str:
+    """Format a datetime (naive means UTC) in the log's time format, for range comparisons."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond:06d}Z"
+
+
+def parse_rfc3339(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise StoreError(f"{text!r} is not an RFC 3339 time.", hint="Use e.g. 2026-01-31T00:00:00Z.") from None
+
+
+def make_body(event_json: str, event_id: str, time_text: str) -> str:
+    """The canonical body: assigned fields first, then the event's sorted fields."""
+    return f'{{"event_id":"{event_id}","time":"{time_text}","v":{FORMAT_VERSION},{event_json[1:]}'
