@@ -23,9 +23,11 @@ def _live(path: str) -> None:
                   help="|measured / predicted − 1|, weighted by requests.")
     else:
         c2.metric("Mean prediction error", "–", help="No request carried a scheduler prediction.")
-    busiest = util.groupby("device")["utilization"].mean().sort_values(ascending=False)
+    # Rank by total busy time: a device idle for whole steps has no rows there, so a mean would flatter it.
+    steps = max(util["minute"].nunique(), 1)
+    busiest = util.groupby("device")["utilization"].sum().sort_values(ascending=False)
     c3.metric("Busiest device", str(busiest.index[0]) if len(busiest) else "–",
-              help=f"mean utilization {busiest.iloc[0]:.2%}" if len(busiest) else None)
+              help=f"mean utilization {busiest.iloc[0] / steps:.2%}" if len(busiest) else None)
     st.plotly_chart(charts.placements(places), key="placements")
     if not pvm.empty:
         st.plotly_chart(charts.predicted_vs_measured(pvm), key="pvm")
