@@ -7,7 +7,15 @@ that ``sealinfer.watermark`` and ``sealinfer.privacy`` can import without pullin
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
+
+# onnxruntime >= 1.29 wheels write a usage-telemetry database under ~/.cache/Microsoft and a session
+# file in $TMPDIR, and may upload them, unless this is set before onnxruntime is first imported.
+# A hospital runtime must not phone home; an operator can still opt in by setting it to 0.
+ORT_TELEMETRY_PREIMPORTED = "onnxruntime" in sys.modules and "ORT_DISABLE_TELEMETRY" not in os.environ
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 _EXPORTS: dict[str, str] = {
     "SealinferError": "sealinfer.runtime.errors",

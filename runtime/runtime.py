@@ -11,6 +11,7 @@ signed commitment, every payload segment; then the plaintext goes to onnxruntime
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ from sealinfer.runtime.keys.keyring import Keyring
 from sealinfer.runtime.loader import create_inference_session, open_decrypted
 from sealinfer.runtime.session import SealedSession
 
+log = logging.getLogger("sealinfer.runtime")
+
 
 class Runtime:
     """Loads sealed models. Hold one per process; it is thread-safe."""
@@ -36,6 +39,14 @@ class Runtime:
         providers: Sequence[KeyProvider] = (),
         passphrase: str | None = None,
     ) -> None:
+        from sealinfer import runtime as _pkg
+
+        if _pkg.ORT_TELEMETRY_PREIMPORTED:
+            ort.disable_telemetry_events()
+            log.warning(
+                "onnxruntime was imported before sealinfer, so its usage telemetry could not be fully disabled; "
+                "set ORT_DISABLE_TELEMETRY=1 in the service environment."
+            )
         self.keyring = keyring if isinstance(keyring, Keyring) else Keyring.open(Path(keyring).expanduser(), passphrase)
         self.policy = policy
         self._providers: list[KeyProvider] = [self.keyring, *providers]

@@ -77,7 +77,9 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="sealinfer", standalone_mode=False)
+        # With standalone_mode=False click returns the exit code of ctx.exit() instead of raising.
+        rv = cli.main(args=argv, prog_name="sealinfer", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
     except click.ClickException as exc:
@@ -86,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
