@@ -14,10 +14,12 @@ from sealinfer.dashboard import ui
 HERE = Path(__file__).parent
 PAGES = [
     st.Page(str(HERE / "page_overview.py"), title="Overview", icon=":material/monitoring:", default=True),
-    st.Page(str(HERE / "page_overhead.py"), title="Security overhead", icon=":material/shield:"),
-    st.Page(str(HERE / "page_scheduler.py"), title="Scheduler and devices", icon=":material/memory:"),
-    st.Page(str(HERE / "page_privacy.py"), title="Privacy", icon=":material/lock:"),
-    st.Page(str(HERE / "page_audit.py"), title="Audit and models", icon=":material/fact_check:"),
+    st.Page(str(HERE / "page_overhead.py"), url_path="overhead", title="Security overhead",
+            icon=":material/shield:"),
+    st.Page(str(HERE / "page_scheduler.py"), url_path="scheduler", title="Scheduler and devices",
+            icon=":material/memory:"),
+    st.Page(str(HERE / "page_privacy.py"), url_path="privacy", title="Privacy", icon=":material/lock:"),
+    st.Page(str(HERE / "page_audit.py"), url_path="audit", title="Audit and models", icon=":material/fact_check:"),
 ]
 
 st.set_page_config(page_title="sealinfer operations", page_icon=":material/shield:", layout="wide")

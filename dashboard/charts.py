@@ -8,6 +8,9 @@ import plotly.graph_objects as go
 
 from sealinfer.runtime.telemetry.record import PHASES
 
+# SVG, not WebGL: plotly switches to WebGL above 1,000 points, which headless browsers and thin clients
+# without a GPU may not draw; every chart here stays under ~10,000 points anyway.
+
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "legend_title_text": ""}
 
 
@@ -36,7 +39,7 @@ def slo(df: pd.DataFrame) -> go.Figure:
 
 def ecdf(df: pd.DataFrame) -> go.Figure:
     fig = px.line(df, x="latency_ms", y="fraction", color="config", line_shape="hv", log_x=True,
-                  title="Latency ECDF per configuration")
+                  title="Latency ECDF per configuration", render_mode="svg")
     return fig.update_layout(**_LAYOUT, xaxis_title="latency (ms, log)", yaxis_title="fraction ≤ x")
 
 
@@ -66,7 +69,7 @@ def overhead_vs_size(df: pd.DataFrame) -> go.Figure:
     d = df[df["baseline_ms"].notna()]
     fig = px.scatter(d, x="param_bytes", y="overhead_pct", color="config", symbol="model", log_x=True,
                      hover_data=["model", "service_ms", "baseline_ms"],
-                     title="Security overhead vs model size (service time over plain)")
+                     title="Security overhead vs model size (service time over plain)", render_mode="svg")
     fig.update_traces(marker={"size": 11})
     return fig.update_layout(**_LAYOUT, xaxis_title="model parameters (bytes, log)", yaxis_title="overhead %")
 
@@ -78,7 +81,8 @@ def placements(df: pd.DataFrame) -> go.Figure:
 
 def predicted_vs_measured(df: pd.DataFrame) -> go.Figure:
     fig = px.scatter(df, x="predicted_ms", y="measured_ms", color="device", symbol="model", log_x=True,
-                     log_y=True, opacity=0.6, title="Predicted vs measured inference time")
+                     log_y=True, opacity=0.6, title="Predicted vs measured inference time",
+                     render_mode="svg")
     lo = float(min(df["predicted_ms"].min(), df["measured_ms"].min()))
     hi = float(max(df["predicted_ms"].max(), df["measured_ms"].max()))
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="prediction = measurement",
@@ -87,7 +91,8 @@ def predicted_vs_measured(df: pd.DataFrame) -> go.Figure:
 
 
 def utilization(df: pd.DataFrame) -> go.Figure:
-    fig = px.line(df, x="time", y="utilization", color="device", title="Device utilization (inference busy share)")
+    fig = px.line(df, x="time", y="utilization", color="device", title="Device utilization (inference busy share)",
+                  render_mode="svg")
     return fig.update_layout(**_LAYOUT, yaxis_tickformat=".1%", xaxis_title=None)
 
 
