@@ -50,7 +50,8 @@ def rejection_reasons(device: DeviceDescriptor, features: ModelFeatures, policy:
         reasons.append(f"does not support model precision {features.precision}")
     needed = features.memory_required(batch)
     if needed > device.memory_bytes:
-        reasons.append(f"model needs {needed:.0f} bytes at batch {batch}, device has {device.memory_bytes}")
+        reasons.append(f"not enough memory: model needs {needed:.0f} bytes at batch {batch}, "
+                       f"device has {device.memory_bytes}")
     if math.isinf(roofline_s(features, device, batch)):
         reasons.append(f"no peak FLOPS or bandwidth figure for {features.precision}")
     if phi:
@@ -173,11 +174,13 @@ class Placer:
                 self._cache[key] = filtered
         if not filtered.compliant:
             detail = "; ".join(f"{r['device']}: {r['reason']}" for r in filtered.rejected) or "no devices"
-            raise PlacementError(
+            error = PlacementError(
                 f"no device satisfies policy {policy.policy_id} for this {'PHI ' if phi else ''}request "
                 f"(model {features.key}, batch {batch}). Rejected: {detail}.",
                 hint="Add a compliant device to the descriptors or run the model under a policy that allows one.",
             )
+            error.rejected = [dict(r) for r in filtered.rejected]  # type: ignore[attr-defined]  # for the audit
+            raise error
         factor = self.calibration.factor
         model = features.key
         scored = [(device, base * factor(model, device.id), base) for device, base in filtered.compliant]
