@@ -11,6 +11,7 @@ from sealinfer.runtime.telemetry.record import PHASES
 # SVG, not WebGL: plotly switches to WebGL above 1,000 points, which headless browsers and thin clients
 # without a GPU may not draw; every chart here stays under ~10,000 points anyway.
 
+PRIORITY_ORDER = ["stat", "routine", "batch"]
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "legend_title_text": ""}
 
 
@@ -19,6 +20,7 @@ def request_rate(df: pd.DataFrame) -> go.Figure:
                    value_name="req_per_s")
     fig = px.area(long, x="time", y="req_per_s", color="outcome", title="Request rate (req/s)",
                   color_discrete_map={"ok": "#2a9d8f", "denied": "#e9c46a", "errors": "#e76f51"})
+    fig.update_traces(line_width=0.6)
     return fig.update_layout(**_LAYOUT, yaxis_title="req/s", xaxis_title=None)
 
 
@@ -26,14 +28,16 @@ def latency_by_priority(df: pd.DataFrame) -> go.Figure:
     long = df.melt(id_vars=["priority"], value_vars=["p50_ms", "p95_ms", "p99_ms"], var_name="quantile",
                    value_name="ms")
     fig = px.bar(long, x="priority", y="ms", color="quantile", barmode="group", log_y=True,
-                 title="Latency by priority class (successful requests)")
+                 title="Latency by priority class (successful requests)",
+                 category_orders={"priority": PRIORITY_ORDER})
     return fig.update_layout(**_LAYOUT, yaxis_title="ms")
 
 
 def slo(df: pd.DataFrame) -> go.Figure:
     d = df.dropna(subset=["attainment"]).assign(pct=lambda x: x["attainment"] * 100)
     fig = px.bar(d, x="priority", y="pct", text=d["pct"].map(lambda v: f"{v:.2f} %"),
-                 title="SLO attainment by priority class", range_y=[0, 105])
+                 title="SLO attainment by priority class", range_y=[0, 105],
+                 category_orders={"priority": PRIORITY_ORDER})
     return fig.update_layout(**_LAYOUT, yaxis_title="% within deadline")
 
 

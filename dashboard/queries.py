@@ -37,8 +37,9 @@ def totals(path: str, since: int | None) -> dict[str, float]:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
-def rate_series(path: str, since: int | None) -> pd.DataFrame:
-    return _with_conn(path, tq.rate_series, since)
+def rate_series(path: str, since: int | None, max_points: int = 400) -> pd.DataFrame:
+    # ~400 steps is as fine as a chart a screen wide can show; SQL merges minutes into steps.
+    return _with_conn(path, tq.rate_series, since, max_points)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
