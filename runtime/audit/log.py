@@ -223,6 +223,8 @@ class AuditLog:
         return error
 
     def _write(self, batch: list[_Pending], *, force_checkpoint: bool) -> None:
+        if not batch and (self._signer is None or self._size <= self._cp_size):
+            return  # nothing to commit and nothing to sign
         conn = self._conn
         # BEGIN releases the GIL: callers that were serialising records meanwhile queue up, and the
         # leader takes them into this same transaction (no sleep, no thread hand-off).

@@ -54,7 +54,7 @@ class VerifyResult:
                 f"({trust}), {self.covered} records covered by a signed checkpoint")
 
 
-def _walk(rows: Iterable[tuple[int, bytes, bytes, bytes]], genesis: bytes
+def walk(rows: Iterable[tuple[int, bytes, bytes, bytes]], genesis: bytes
           ) -> tuple[list[bytes], tuple[int, str] | None, bytes]:
     """Recompute every entry hash; return (leaves, first chain problem, last stored entry hash)."""
     sha = hashlib.sha256
@@ -112,7 +112,7 @@ def verify_log(
         rows = conn.execute(
             "SELECT seq, CAST(body AS BLOB), prev_hash, entry_hash FROM audit_events ORDER BY seq")
         try:
-            leaves, chain_problem, head = _walk(rows, schema.genesis_hash(log_id))
+            leaves, chain_problem, head = walk(rows, schema.genesis_hash(log_id))
         except sqlite3.DatabaseError as exc:
             return _failed(log_id, f"the database file is corrupt ({exc})")
         keys = {k: bytes(v) for k, v in conn.execute("SELECT key_id, public_key FROM audit_keys")}
@@ -120,7 +120,13 @@ def verify_log(
             "SELECT tree_size, root, time, key_id, signature FROM audit_checkpoints ORDER BY tree_size")]
     finally:
         conn.close()
+    return assess(log_id, leaves, chain_problem, head, keys, stored, trust_store, external_checkpoints)
 
+
+def assess(log_id: str, leaves: list[bytes], chain_problem: tuple[int, str] | None, head: bytes,
+           keys: dict[str, bytes], stored: list[Checkpoint], trust_store: TrustStore | None,
+           external_checkpoints: Sequence[Checkpoint] = ()) -> VerifyResult:
+    """Judge a walked chain against its checkpoints (shared by ``verify_log`` and archive verification)."""
     n = len(leaves)
     tree = MerkleTree(leaves)
     problems: list[tuple[int | None, str]] = []
