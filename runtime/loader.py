@@ -70,6 +70,7 @@ class DecryptedModel:
     """A decrypted graph plus the buffer its weights live in. Owns plaintext: close() zeroes it."""
 
     graph: onnx.ModelProto
+    graph_serialized: bytes
     buffer: np.ndarray
     weights_offset: int
     initializer_names: list[str] = field(default_factory=list)
@@ -82,7 +83,7 @@ class DecryptedModel:
         return so
 
     def graph_bytes(self) -> bytes:
-        return self.graph.SerializeToString()
+        return self.graph_serialized
 
     def to_model_proto(self) -> onnx.ModelProto:
         """A self-contained ModelProto with weights inlined (for watermark detection), in memory."""
@@ -105,15 +106,16 @@ def open_decrypted(artifact: SealedArtifact, data_key: bytes, *, progress: bool 
     buf = decrypt_payload(artifact, data_key, progress=progress)
     g_off, g_len = artifact.payload.sections.get("graph", (0, 0))
     w_off, _ = artifact.payload.sections.get("weights", (g_len, 0))
+    graph_serialized = buf[g_off : g_off + g_len].tobytes()
     try:
-        graph = onnx.ModelProto.FromString(buf[g_off : g_off + g_len].tobytes())
+        graph = onnx.ModelProto.FromString(graph_serialized)
     except DecodeError:
         buf.fill(0)
         raise IntegrityError(
             "The decrypted graph is not a valid ONNX model although it authenticated.",
             hint="The artifact was produced by a faulty sealer; re-seal the model.",
         ) from None
-    model = DecryptedModel(graph, buf, w_off)
+    model = DecryptedModel(graph, graph_serialized, buf, w_off)
     for t in graph.graph.initializer:
         if is_sealed_reference(t):
             view = tensor_view(buf, w_off, t)

@@ -1,0 +1,161 @@
+"""Sealed load vs plain onnxruntime vs a naive encrypted load, on a ~300 MB model.
+
+    python benchmarks/load.py [--mb 300] [--runs 5]
+
+Prints medians of --runs interleaved runs (plain, sealed, naive in turn, so drift hits all three),
+sealing throughput, and the peak RSS of each approach, each measured in a fresh process because a
+process's peak RSS only ever grows. Targets (issue 2): sealed load <= 1.10x plain; sealing >= 200
+MB/s; sealed-load peak RSS <= 1.25x plain.
+
+The naive approach is what a team might write first: Fernet-encrypt the whole .onnx file, then
+decrypt it into memory and hand onnxruntime the bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+import numpy as np
+import onnxruntime as ort
+from cryptography.fernet import Fernet
+
+from sealinfer.runtime import Runtime, SealOptions, seal_model
+from sealinfer.runtime.keys.keyring import Keyring
+from sealinfer.tests import models
+
+PASS = "benchmark passphrase"
+
+
+def load_plain(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def load_naive(path: Path, key: bytes) -> ort.InferenceSession:
+    plaintext = Fernet(key).decrypt(path.read_bytes())
+    return ort.InferenceSession(plaintext, providers=["CPUExecutionProvider"])
+
+
+def _child(mode: str, work: Path) -> None:
+    """Measure one load in this fresh process and print its peak RSS increase (MB)."""
+    x = np.ones((1, 1024), np.float32)
+    if mode == "sealed":
+        rt = Runtime(Keyring.open(work / "kr", PASS))
+    # ru_maxrss survives fork+exec on Linux (it would report the parent's peak), so reset this process's
+    # high-water mark and read VmHWM instead.
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kb("VmRSS")
+    if mode == "plain":
+        s = load_plain(work / "model.onnx")
+        s.run(None, {"input": x})
+    elif mode == "sealed":
+        rt.load(work / "model.sealed").run({"input": x})
+    else:
+        load_naive(work / "model.fernet", (work / "fernet.key").read_bytes()).run(None, {"input": x})
+    peak = _status_kb("VmHWM")
+    print(json.dumps({"peak_rss_mb": peak / 1024, "delta_mb": (peak - base) / 1024}))
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=int, default=300, help="model size in MB (default 300)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per approach (default 5)")
+    ap.add_argument("--child", choices=["plain", "sealed", "naive"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args.child, args.work)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="sealinfer-bench-") as tmp:
+        work = Path(tmp)
+        model = models.wide_model(args.mb << 20)
+        path = models.save(model, work / "model.onnx")
+        size_mb = path.stat().st_size / 1e6
+        del model
+        ring = Keyring.create(work / "kr", PASS)
+        fkey = Fernet.generate_key()
+        (work / "fernet.key").write_bytes(fkey)
+
+        seal_times, fernet_times = [], []
+        for _ in range(3):
+            t = time.perf_counter()
+            seal_model(path, work / "model.sealed", keyring=ring, options=SealOptions(name="bench"))
+            seal_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            (work / "model.fernet").write_bytes(Fernet(fkey).encrypt(path.read_bytes()))
+            fernet_times.append(time.perf_counter() - t)
+
+        rt = Runtime(ring)
+        x = np.ones((1, 1024), np.float32)
+        times: dict[str, list[float]] = {"plain": [], "sealed": [], "naive": []}
+        # warm the page cache for all three files, then interleave
+        load_plain(path)
+        rt.load(work / "model.sealed").close()
+        load_naive(work / "model.fernet", fkey)
+        for _ in range(args.runs):
+            for mode in ("plain", "sealed", "naive"):
+                t = time.perf_counter()
+                if mode == "plain":
+                    s = load_plain(path)
+                    s.run(None, {"input": x})
+                elif mode == "sealed":
+                    ss = rt.load(work / "model.sealed")
+                    ss.run({"input": x})
+                    ss.close()
+                else:
+                    load_naive(work / "model.fernet", fkey).run(None, {"input": x})
+                times[mode].append(time.perf_counter() - t)
+
+        rss = {}
+        for mode in ("plain", "sealed", "naive"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", mode, "--work", str(work)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rss[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"model: {size_mb:.0f} MB of weights, {args.runs} interleaved runs each (load + first run)")
+    print(f"{'approach':28} {'median load s':>14} {'vs plain':>9} {'peak RSS MB':>12} {'vs plain':>9}")
+    for mode, label in (
+        ("plain", "plain InferenceSession(path)"),
+        ("sealed", "sealinfer Runtime.load"),
+        ("naive", "naive Fernet + from bytes"),
+    ):
+        print(
+            f"{label:28} {med[mode]:14.3f} {med[mode] / med['plain']:8.2f}x "
+            f"{rss[mode]['peak_rss_mb']:12.0f} {rss[mode]['peak_rss_mb'] / rss['plain']['peak_rss_mb']:8.2f}x"
+        )
+    seal_s = statistics.median(seal_times)
+    print(
+        f"sealing: {size_mb / seal_s:.0f} MB/s (median of 3, {seal_s:.2f} s; includes hashing, signing, fsync)"
+        f"   naive Fernet encrypt: {size_mb / statistics.median(fernet_times):.0f} MB/s"
+    )
+    print(
+        f"targets: sealed/plain load <= 1.10 -> {med['sealed'] / med['plain']:.2f}; sealing >= 200 MB/s -> "
+        f"{size_mb / seal_s:.0f}; sealed/plain peak RSS <= 1.25 -> "
+        f"{rss['sealed']['peak_rss_mb'] / rss['plain']['peak_rss_mb']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
