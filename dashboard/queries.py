@@ -32,8 +32,23 @@ def check_telemetry(path: str) -> None:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
+def counts_by_priority(path: str, since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.counts_by_priority, since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def histograms(path: str, by: tuple[str, ...], since: int | None) -> tq.Histograms:
+    """One pass over the latency rollup; pages derive quantiles, SLOs, ECDFs and boxes from it."""
+    return _with_conn(path, tq.histograms, list(by), since)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def config_model_sums(path: str, since: int | None) -> pd.DataFrame:
+    return _with_conn(path, tq.config_model_sums, since)
+
+
 def totals(path: str, since: int | None) -> dict[str, float]:
-    return _with_conn(path, tq.totals, since)
+    return tq.totals_from(counts_by_priority(path, since))
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -42,34 +57,37 @@ def rate_series(path: str, since: int | None, max_points: int = 400) -> pd.DataF
     return _with_conn(path, tq.rate_series, since, max_points)
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
 def latency_quantiles(path: str, by: tuple[str, ...], since: int | None) -> pd.DataFrame:
-    return _with_conn(path, tq.latency_quantiles, list(by), since)
+    """Quantiles per group of ``by``, merged from the per-priority histograms (no extra pass)."""
+    hists = histograms(path, ("priority",), since)
+    return tq.quantile_table(tq.project(hists, [0] if by == ("priority",) else []), by)
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
 def slo_attainment(path: str, deadlines_ms: tuple[tuple[str, float], ...], since: int | None) -> pd.DataFrame:
-    return _with_conn(path, tq.slo_attainment, dict(deadlines_ms), since)
+    return tq.slo_table(counts_by_priority(path, since), histograms(path, ("priority",), since),
+                        dict(deadlines_ms))
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
 def phase_breakdown(path: str, since: int | None) -> pd.DataFrame:
-    return _with_conn(path, tq.phase_breakdown, since)
+    return tq.phase_table(config_model_sums(path, since))
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
 def overhead(path: str, baseline: str, since: int | None) -> pd.DataFrame:
-    return _with_conn(path, tq.overhead, baseline, since)
+    return tq.overhead_table(config_model_sums(path, since), baseline)
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _config_model_hists(path: str, by: tuple[str, ...], since: int | None) -> tq.Histograms:
+    hists = histograms(path, ("config", "model"), since)
+    keep = [("config", "model").index(c) for c in by]
+    return hists if keep == [0, 1] else tq.project(hists, keep)
+
+
 def ecdf(path: str, by: tuple[str, ...], since: int | None) -> pd.DataFrame:
-    return _with_conn(path, tq.ecdf, list(by), since)
+    return tq.ecdf_table(_config_model_hists(path, by, since), by)
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
 def box_stats(path: str, by: tuple[str, ...], since: int | None) -> pd.DataFrame:
-    return _with_conn(path, tq.box_stats, list(by), since)
+    return tq.box_table(_config_model_hists(path, by, since), by)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -39,18 +39,7 @@ def _step(conn: sqlite3.Connection, since_minute: int | None, max_points: int, p
 
 def totals(conn: sqlite3.Connection, since_minute: int | None = None) -> dict[str, float]:
     """Counts over the window and the mean request rate across the minutes that saw traffic."""
-    where, args = _where(since_minute)
-    row = conn.execute(
-        f"SELECT coalesce(sum(n),0), coalesce(sum(ok),0), coalesce(sum(denied),0), coalesce(sum(errors),0), "
-        f"min(minute), max(minute) FROM rollup_minute {where}", args,
-    ).fetchone()
-    n, ok, denied, errors, lo, hi = row
-    minutes = (hi - lo + 1) if lo is not None else 0
-    return {
-        "requests": n, "ok": ok, "denied": denied, "errors": errors, "minutes": minutes,
-        "rate_per_s": n / (minutes * 60) if minutes else 0.0,
-        "first_minute": lo, "last_minute": hi,
-    }
+    return totals_from(counts_by_priority(conn, since_minute))
 
 
 def rate_series(conn: sqlite3.Connection, since_minute: int | None = None,
@@ -85,17 +74,56 @@ def histograms(conn: sqlite3.Connection, by: Sequence[str], since_minute: int | 
     return out
 
 
-def latency_quantiles(conn: sqlite3.Connection, by: Sequence[str] = (), since_minute: int | None = None,
-                      qs: Sequence[float] = (0.5, 0.95, 0.99)) -> pd.DataFrame:
-    """p50/p95/p99 (ms) of successful requests per group."""
+Histograms = dict[tuple[str, ...], dict[int, int]]
+
+
+def project(hists: Histograms, keep: Sequence[int]) -> Histograms:
+    """Merge histogram groups onto a subset of their key positions (``()`` = one overall histogram)."""
+    out: Histograms = {}
+    for group, counts in hists.items():
+        target = out.setdefault(tuple(group[i] for i in keep), {})
+        for bucket, n in counts.items():
+            target[bucket] = target.get(bucket, 0) + n
+    return out
+
+
+def quantile_table(hists: Histograms, by: Sequence[str], qs: Sequence[float] = (0.5, 0.95, 0.99)
+                   ) -> pd.DataFrame:
+    """p50/p95/p99 (ms) per group from fetched histograms."""
     rows = []
-    for group, counts in sorted(histograms(conn, by, since_minute).items()):
+    for group, counts in sorted(hists.items()):
         values = histogram.quantiles(counts, qs)
         rows.append({**dict(zip(by, group, strict=True)), "n": sum(counts.values()),
                      **{f"p{round(q * 100):d}_ms": (v / 1000 if v is not None else None)
                         for q, v in zip(qs, values, strict=True)}})
-    cols = [*by, "n", *(f"p{round(q * 100):d}_ms" for q in qs)]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=[*by, "n", *(f"p{round(q * 100):d}_ms" for q in qs)])
+
+
+def latency_quantiles(conn: sqlite3.Connection, by: Sequence[str] = (), since_minute: int | None = None,
+                      qs: Sequence[float] = (0.5, 0.95, 0.99)) -> pd.DataFrame:
+    """p50/p95/p99 (ms) of successful requests per group."""
+    return quantile_table(histograms(conn, by, since_minute), by, qs)
+
+
+def counts_by_priority(conn: sqlite3.Connection, since_minute: int | None = None) -> pd.DataFrame:
+    """Requests, outcomes and the first/last minute seen, per priority class (one pass over the rollup)."""
+    where, args = _where(since_minute)
+    return pd.read_sql_query(
+        f"SELECT priority, sum(n) AS n, sum(ok) AS ok, sum(denied) AS denied, sum(errors) AS errors, "
+        f"min(minute) AS first_minute, max(minute) AS last_minute FROM rollup_minute {where} "
+        f"GROUP BY priority ORDER BY priority", conn, params=args,
+    )
+
+
+def totals_from(counts: pd.DataFrame) -> dict[str, float]:
+    if counts.empty:
+        return {"requests": 0, "ok": 0, "denied": 0, "errors": 0, "minutes": 0, "rate_per_s": 0.0,
+                "first_minute": None, "last_minute": None}
+    lo, hi = int(counts["first_minute"].min()), int(counts["last_minute"].max())
+    n = int(counts["n"].sum())
+    return {"requests": n, "ok": int(counts["ok"].sum()), "denied": int(counts["denied"].sum()),
+            "errors": int(counts["errors"].sum()), "minutes": hi - lo + 1,
+            "rate_per_s": n / ((hi - lo + 1) * 60), "first_minute": lo, "last_minute": hi}
 
 
 def slo_attainment(conn: sqlite3.Connection, deadlines_ms: Mapping[str, float] | None = None,
@@ -105,19 +133,22 @@ def slo_attainment(conn: sqlite3.Connection, deadlines_ms: Mapping[str, float] |
     Denials are not the service's failure and are left out; errors count as misses. Exact when the
     deadline is a bucket edge (the defaults are), interpolated otherwise (``exact`` says which).
     """
+    return slo_table(counts_by_priority(conn, since_minute), histograms(conn, ["priority"], since_minute),
+                     deadlines_ms)
+
+
+def slo_table(counts: pd.DataFrame, hists_by_priority: Histograms,
+              deadlines_ms: Mapping[str, float] | None = None) -> pd.DataFrame:
     deadlines = dict(DEFAULT_DEADLINES_MS if deadlines_ms is None else deadlines_ms)
-    where, args = _where(since_minute)
-    served = {p: (ok, err) for p, ok, err in conn.execute(
-        f"SELECT priority, sum(ok), sum(errors) FROM rollup_minute {where} GROUP BY priority", args)}
-    hists = histograms(conn, ["priority"], since_minute)
+    served = {r.priority: (int(r.ok), int(r.errors)) for r in counts.itertuples()}
     rows = []
     for priority in sorted(set(served) | set(deadlines)):
         ok, err = served.get(priority, (0, 0))
         deadline = deadlines.get(priority)
-        counts = hists.get((priority,), {})
+        hist = hists_by_priority.get((priority,), {})
         met = None
         if deadline is not None and ok:
-            frac = histogram.fraction_at_most(counts, deadline * 1000)
+            frac = histogram.fraction_at_most(hist, deadline * 1000)
             met = (frac or 0.0) * ok
         attained = (met / (ok + err)) if met is not None and (ok + err) else None
         rows.append({"priority": priority, "deadline_ms": deadline, "served": ok + err, "errors": err,
@@ -127,41 +158,53 @@ def slo_attainment(conn: sqlite3.Connection, deadlines_ms: Mapping[str, float] |
                                        "attainment", "exact"])
 
 
-def phase_breakdown(conn: sqlite3.Connection, since_minute: int | None = None) -> pd.DataFrame:
-    """Mean time per phase (ms) of successful requests, per configuration and model."""
+def config_model_sums(conn: sqlite3.Connection, since_minute: int | None = None) -> pd.DataFrame:
+    """Rollup sums per (config, model): the one pass behind the phase breakdown and the overhead table."""
     where, args = _where(since_minute)
-    phase_cols = ", ".join(f"sum({p}_sum) / sum(ok) / 1000.0 AS {p}_ms" for p in PHASES)
+    phase_cols = ", ".join(f"sum({p}_sum) AS {p}_sum" for p in PHASES)
     return pd.read_sql_query(
-        f"SELECT config, model, sum(ok) AS ok, {phase_cols}, sum(total_sum) / sum(ok) / 1000.0 AS total_ms "
-        f"FROM rollup_minute {where} GROUP BY config, model HAVING sum(ok) > 0 ORDER BY model, total_ms",
-        conn, params=args,
+        f"SELECT config, model, sum(ok) AS ok, sum(total_sum) AS total_sum, {phase_cols}, "
+        f"max(param_bytes) AS param_bytes FROM rollup_minute {where} GROUP BY config, model "
+        f"HAVING sum(ok) > 0", conn, params=args,
     )
 
 
-def overhead(conn: sqlite3.Connection, baseline: str = "plain", since_minute: int | None = None
-             ) -> pd.DataFrame:
+def phase_table(sums: pd.DataFrame) -> pd.DataFrame:
+    """Mean time per phase (ms) of successful requests, per configuration and model."""
+    out = sums[["config", "model", "ok"]].copy()
+    for p in PHASES:
+        out[f"{p}_ms"] = sums[f"{p}_sum"] / sums["ok"] / 1000.0
+    out["total_ms"] = sums["total_sum"] / sums["ok"] / 1000.0
+    return out.sort_values(["model", "total_ms"]).reset_index(drop=True)
+
+
+def overhead_table(sums: pd.DataFrame, baseline: str = "plain") -> pd.DataFrame:
     """Mean service time per (config, model) and its overhead in % over ``baseline`` for the same model.
 
     Service time is latency minus queueing: queueing measures load, not what a protection costs.
     """
-    where, args = _where(since_minute)
-    df = pd.read_sql_query(
-        f"SELECT config, model, sum(ok) AS ok, sum(total_sum) / sum(ok) / 1000.0 AS mean_ms, "
-        f"(sum(total_sum) - sum(queue_sum)) / sum(ok) / 1000.0 AS service_ms, "
-        f"max(param_bytes) AS param_bytes FROM rollup_minute {where} GROUP BY config, model "
-        f"HAVING sum(ok) > 0", conn, params=args,
-    )
+    df = sums[["config", "model", "ok", "param_bytes"]].copy()
+    df["mean_ms"] = sums["total_sum"] / sums["ok"] / 1000.0
+    df["service_ms"] = (sums["total_sum"] - sums["queue_sum"]) / sums["ok"] / 1000.0
     base = df[df["config"] == baseline].set_index("model")["service_ms"]
     df["baseline_ms"] = df["model"].map(base)
     df["overhead_pct"] = (df["service_ms"] / df["baseline_ms"] - 1.0) * 100.0
     return df.sort_values(["model", "service_ms"]).reset_index(drop=True)
 
 
-def ecdf(conn: sqlite3.Connection, by: Sequence[str] = ("config",), since_minute: int | None = None
-         ) -> pd.DataFrame:
-    """Empirical CDF of latency per group, one point per non-empty bucket (its upper edge, in ms)."""
+def phase_breakdown(conn: sqlite3.Connection, since_minute: int | None = None) -> pd.DataFrame:
+    return phase_table(config_model_sums(conn, since_minute))
+
+
+def overhead(conn: sqlite3.Connection, baseline: str = "plain", since_minute: int | None = None
+             ) -> pd.DataFrame:
+    return overhead_table(config_model_sums(conn, since_minute), baseline)
+
+
+def ecdf_table(hists: Histograms, by: Sequence[str]) -> pd.DataFrame:
+    """Empirical CDF per group, one point per non-empty bucket (its upper edge, in ms)."""
     rows = []
-    for group, counts in sorted(histograms(conn, by, since_minute).items()):
+    for group, counts in sorted(hists.items()):
         total = sum(counts.values())
         seen = 0
         for bucket in sorted(counts):
@@ -173,16 +216,25 @@ def ecdf(conn: sqlite3.Connection, by: Sequence[str] = ("config",), since_minute
     return pd.DataFrame(rows, columns=[*by, "latency_ms", "fraction"])
 
 
-def box_stats(conn: sqlite3.Connection, by: Sequence[str] = ("config", "model"),
-              since_minute: int | None = None) -> pd.DataFrame:
+def ecdf(conn: sqlite3.Connection, by: Sequence[str] = ("config",), since_minute: int | None = None
+         ) -> pd.DataFrame:
+    return ecdf_table(histograms(conn, by, since_minute), by)
+
+
+def box_table(hists: Histograms, by: Sequence[str]) -> pd.DataFrame:
     """Five-number summaries (p5, p25, p50, p75, p95 in ms) per group, for precomputed box plots."""
     qs = (0.05, 0.25, 0.5, 0.75, 0.95)
     rows = []
-    for group, counts in sorted(histograms(conn, by, since_minute).items()):
+    for group, counts in sorted(hists.items()):
         values = [v / 1000 if v is not None else None for v in histogram.quantiles(counts, qs)]
         rows.append({**dict(zip(by, group, strict=True)), "n": sum(counts.values()),
                      **dict(zip(("p5", "p25", "p50", "p75", "p95"), values, strict=True))})
     return pd.DataFrame(rows, columns=[*by, "n", "p5", "p25", "p50", "p75", "p95"])
+
+
+def box_stats(conn: sqlite3.Connection, by: Sequence[str] = ("config", "model"),
+              since_minute: int | None = None) -> pd.DataFrame:
+    return box_table(histograms(conn, by, since_minute), by)
 
 
 def placements(conn: sqlite3.Connection, since_minute: int | None = None) -> pd.DataFrame:
@@ -235,7 +287,7 @@ def models(conn: sqlite3.Connection) -> pd.DataFrame:
 
 
 def configurations(conn: sqlite3.Connection) -> pd.DataFrame:
-    """Each security configuration with the feature flags of its latest request (index lookups only)."""
+    """Each security configuration with the feature flags recorded for it (one indexed lookup per config)."""
     configs = [r[0] for r in conn.execute("SELECT DISTINCT config FROM rollup_minute ORDER BY config")]
     rows = []
     for config in configs:

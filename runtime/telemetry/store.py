@@ -164,9 +164,10 @@ class TelemetryStore:
 
     def record(self, rec: TelemetryRecord) -> None:
         """Queue one request's telemetry; never waits for the disk unless far behind."""
-        if self._closed:
-            raise StoreError("The telemetry store is closed.", hint="Record before close(), or open a new store.")
-        with self._buf_lock:
+        with self._buf_lock:  # checked under the lock so nothing slips in after close()'s final flush
+            if self._closed:
+                raise StoreError("The telemetry store is closed.",
+                                 hint="Record before close(), or open a new store.")
             self._buf.append(rec)
             pending = len(self._buf)
         if self._metrics is not None:
@@ -282,9 +283,10 @@ class TelemetryStore:
 
     def close(self) -> None:
         """Stop the flusher and write everything still buffered."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._buf_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._wake.set()
         self._thread.join()
         try:
