@@ -75,8 +75,8 @@ def train_dp(
     """Train ``model`` (a classifier returning logits) with DP-SGD to (``target_epsilon``, ``delta``).
 
     The caller's module is not modified: a copy is trained and returned as ``torch_model``.
-    ``batch_size`` is the *expected* batch size; Poisson sampling draws each record with probability
-    ``batch_size / len(X_train)`` at every step. ``torch_threads`` sets torch's intra-op threads for
+    Poisson sampling draws each record with probability ``1 / ceil(len(X_train) / batch_size)`` at
+    every step (Opacus's rule), so ``batch_size`` is roughly the expected batch size. ``torch_threads`` sets torch's intra-op threads for
     the call (restored afterwards); 1 is much faster for small tabular models on a busy machine.
     """
     with _torch_threads(torch_threads):
@@ -136,10 +136,10 @@ def _train_dp(
 
     loader = _loader(X, y, batch_size, seed)
     optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum)
-    engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
     noise_gen = None if secure_mode else torch.Generator().manual_seed(seed + 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus warns about secure_mode=False; the certificate records it
+        engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
         private_model, optimizer, loader = engine.make_private_with_epsilon(
             module=module, optimizer=optimizer, data_loader=loader, target_epsilon=float(target_epsilon),
             target_delta=float(delta), epochs=int(epochs), max_grad_norm=float(max_grad_norm),
