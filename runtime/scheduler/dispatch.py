@@ -94,6 +94,7 @@ class _Pool:
         self.device_id = device_id
         self.workers = workers
         self.heap: list[_Item] = []
+        self.queued_work = 0.0  # sum of predicted_s over the heap, kept so admission rarely scans it
         self.running: dict[int, RequestRecord] = {}  # worker index -> record
         self.threads: list[threading.Thread] = []
 
@@ -152,10 +153,10 @@ class Dispatcher:
     def _estimated_finish(self, pool: _Pool, now: float, deadline: float, predicted_s: float) -> float:
         """When this request would finish: work ahead of it (EDF order) spread over the pool's workers."""
         busy = sum(max(r.started + r.predicted_s - now, 0.0) for r in pool.running.values())
-        if self.discipline == "edf":
-            ahead = sum(i.record.predicted_s for i in pool.heap if i.record.deadline <= deadline)
-        else:
-            ahead = sum(i.record.predicted_s for i in pool.heap)
+        bound = now + (busy + pool.queued_work) / pool.workers + predicted_s
+        if self.discipline == "fifo" or bound <= deadline:
+            return bound  # even all queued work ahead of it fits: no need to scan the heap
+        ahead = sum(i.record.predicted_s for i in pool.heap if i.record.deadline <= deadline)
         return now + (busy + ahead) / pool.workers + predicted_s
 
     def submit(self, fn: Callable[[], Any], *, priority: str, tenant: str, deadline_s: float | None = None,
@@ -212,6 +213,7 @@ class Dispatcher:
             sort_key = (deadline, seq) if self.discipline == "edf" else (float(seq), seq)
             future: Future = Future()
             heapq.heappush(pool.heap, _Item(sort_key, fn, future, record))
+            pool.queued_work += record.predicted_s
             self._cond.notify_all()
         return future
 
@@ -226,6 +228,7 @@ class Dispatcher:
                     return
                 item = heapq.heappop(pool.heap)
                 record = item.record
+                pool.queued_work = max(pool.queued_work - record.predicted_s, 0.0) if pool.heap else 0.0
                 record.started = self.clock()
                 pool.running[index] = record
             if item.future.set_running_or_notify_cancel():

@@ -81,6 +81,7 @@ class Placement:
     predicted_latency_s: float
     roofline_s: float
     model_key: str
+    calibration_key: str  # model key + batch bucket: the overhead share differs by batch size
     _context: tuple[Any, ...]  # (policy, phi, batch, priority, filtered, candidates) for the explanation
 
     @property
@@ -182,8 +183,8 @@ class Placer:
             error.rejected = [dict(r) for r in filtered.rejected]  # type: ignore[attr-defined]  # for the audit
             raise error
         factor = self.calibration.factor
-        model = features.key
-        scored = [(device, base * factor(model, device.id), base) for device, base in filtered.compliant]
+        calibration_key = f"{features.key}@b{batch.bit_length()}"  # power-of-two batch buckets
+        scored = [(device, base * factor(calibration_key, device.id), base) for device, base in filtered.compliant]
         if policy.objective == "energy":
             deadline = policy.deadline_for(priority)
             in_time = [s for s in scored if s[1] <= deadline]
@@ -193,8 +194,10 @@ class Placer:
             policy.deadline_for(priority)  # unknown classes are refused under either objective
             best = min(scored, key=lambda s: s[1])
         candidates = tuple((d.id, s) for d, s, _ in scored if d is not best[0])
-        return Placement(best[0], best[1], best[2], model, (policy, phi, batch, priority, filtered, candidates))
+        return Placement(best[0], best[1], best[2], features.key, calibration_key,
+                         (policy, phi, batch, priority, filtered, candidates))
 
     def observe(self, placement: Placement, measured_s: float) -> float:
         """Feed a measured latency back into the calibration for (model, device)."""
-        return self.calibration.observe(placement.model_key, placement.device.id, placement.roofline_s, measured_s)
+        return self.calibration.observe(placement.calibration_key, placement.device.id, placement.roofline_s,
+                                        measured_s)
