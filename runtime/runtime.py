@@ -1,41 +1,62 @@
-"""``Runtime``: the façade. Opens sealed models under a keyring (and HSMs) and, later, a policy.
+"""``Runtime``: the façade. Opens sealed models under a keyring (and HSMs) and a policy profile.
 
-    rt = Runtime(keyring="~/.sealinfer/keyring")
-    session = rt.load("sepsis.sealed")
-    probs = session.run({"features": x})["probabilities"]
+    rt = Runtime(keyring="~/.sealinfer/keyring", policy="hipaa", audit_db="audit.db", telemetry_db="telemetry.db")
+    clinician = Caller("dr.grey", "clinician", "treatment")
+    session = rt.load("sepsis.sealed", caller=Caller("svc-ward", "service", "treatment"))
+    probs = session.run({"features": x}, caller=clinician)["probabilities"]
 
 Loading checks, in order, failing closed at the first problem: structure of the file, the signer
-(trusted and not revoked), the recipients (a KEK we hold and not revoked), the data key against the
-signed commitment, every payload segment; then the plaintext goes to onnxruntime from memory.
+(trusted by the keyring and the profile, not revoked), the manifest against the profile (compiled
+for it, DP epsilon within its limit, watermark committed), the caller's right to load the model
+(Cedar), the recipients (a KEK we hold, not revoked), the data key against the signed commitment,
+every payload segment, the watermark (decoded from the decrypted weights); then the plaintext goes to
+onnxruntime from memory. Under a policy every outcome, allowed or refused, is audited.
+
+Without a policy (``policy=None``) the runtime only verifies and decrypts: for tooling and tests.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnxruntime as ort
 
 from sealinfer.runtime.artifact import SealedArtifact
+from sealinfer.runtime.caller import Caller
+from sealinfer.runtime.errors import (
+    CertificateError,
+    ConfigurationError,
+    SealinferError,
+    UntrustedSignerError,
+    WatermarkError,
+)
 from sealinfer.runtime.keys.base import KeyProvider
 from sealinfer.runtime.keys.keyring import Keyring
-from sealinfer.runtime.loader import create_inference_session, open_decrypted
+from sealinfer.runtime.loader import DecryptedModel, create_inference_session, open_decrypted
 from sealinfer.runtime.session import SealedSession
+
+if TYPE_CHECKING:
+    from sealinfer.runtime.pipeline import SecurityContext
+    from sealinfer.runtime.policy.profile import PolicyProfile
 
 log = logging.getLogger("sealinfer.runtime")
 
 
 class Runtime:
-    """Loads sealed models. Hold one per process; it is thread-safe."""
+    """Loads sealed models under a policy. Hold one per process; it is thread-safe."""
 
     def __init__(
         self,
         keyring: Keyring | str | os.PathLike[str],
-        policy: Any = None,
+        policy: PolicyProfile | str | os.PathLike[str] | None = None,
         *,
+        audit_db: str | os.PathLike[str] | None = None,
+        telemetry_db: str | os.PathLike[str] | None = None,
         providers: Sequence[KeyProvider] = (),
         passphrase: str | None = None,
     ) -> None:
@@ -48,30 +69,265 @@ class Runtime:
                 "set ORT_DISABLE_TELEMETRY=1 in the service environment."
             )
         self.keyring = keyring if isinstance(keyring, Keyring) else Keyring.open(Path(keyring).expanduser(), passphrase)
-        self.policy = policy
         self._providers: list[KeyProvider] = [self.keyring, *providers]
+        self._lock = threading.Lock()
+        self._ctx: SecurityContext | None = None
+        self.profile: PolicyProfile | None = None
+        if policy is not None:
+            self._ctx = self._security_context(policy, audit_db, telemetry_db)
+            self.profile = self._ctx.profile
+        elif audit_db is not None or telemetry_db is not None:
+            raise ConfigurationError(
+                "audit_db and telemetry_db need a policy profile.", hint="Pass policy='hipaa' (or 'dev')."
+            )
+
+    # --- construction ------------------------------------------------------------------------
+
+    def _security_context(self, policy: Any, audit_db: Any, telemetry_db: Any) -> SecurityContext:
+        from sealinfer.runtime.audit.log import AuditLog
+        from sealinfer.runtime.pipeline import SecurityContext
+        from sealinfer.runtime.policy.authz import Authorizer
+        from sealinfer.runtime.policy.profile import PolicyProfile, load_profile
+        from sealinfer.runtime.telemetry.store import TelemetryStore
+
+        profile = policy if isinstance(policy, PolicyProfile) else load_profile(policy)
+        if audit_db is None:
+            raise ConfigurationError(
+                f"Policy profile {profile.id!r} needs an audit log.",
+                hint="Pass audit_db='audit.db' (CLI: --audit-db).",
+            )
+        authorizer = Authorizer.from_profile(profile)
+        audit = AuditLog(
+            audit_db,
+            signer=self.keyring.signer(),
+            durability=profile.audit.durability,
+            checkpoint_every=profile.audit.checkpoint_every,
+            checkpoint_seconds=profile.audit.checkpoint_seconds,
+        )
+        telemetry = TelemetryStore(telemetry_db) if telemetry_db is not None else None
+        _, hmac_key = self.keyring.secret("audit-hmac")
+        return SecurityContext(profile, authorizer, audit, hmac_key, telemetry)
+
+    @property
+    def audit_log(self) -> Any:
+        return self._ctx.audit if self._ctx else None
+
+    @property
+    def telemetry(self) -> Any:
+        return self._ctx.telemetry if self._ctx else None
+
+    # --- loading -----------------------------------------------------------------------------
 
     def open_artifact(self, path: str | os.PathLike[str]) -> tuple[SealedArtifact, bytes]:
         """Structure, signature and keys: everything before decryption. Returns the artifact and its DEK."""
-        artifact = SealedArtifact.open(path)
-        artifact.verify_signature(self.keyring.trust_store())
+        artifact = self._verified(path)
         data_key = artifact.unwrap_data_key(self._providers, revoked=self.keyring.is_revoked)
         return artifact, data_key
+
+    def _verified(self, path: str | os.PathLike[str]) -> SealedArtifact:
+        artifact = SealedArtifact.open(path)
+        artifact.verify_signature(self.keyring.trust_store())
+        if self.profile is not None:
+            allowed = self.profile.signing.trusted_signers
+            if allowed and artifact.signature_key_id not in allowed:
+                raise UntrustedSignerError(
+                    f"Signer {artifact.signature_key_id!r} is trusted by the keyring but not by profile "
+                    f"{self.profile.id!r} (trusted_signers: {', '.join(allowed)}).",
+                    hint="Add the signer to the profile's signing.trusted_signers if it should be.",
+                )
+        return artifact
 
     def load(
         self,
         path: str | os.PathLike[str],
         *,
+        caller: Caller | None = None,
         session_options: ort.SessionOptions | None = None,
         providers: Sequence[Any] | None = None,
         progress: bool = False,
     ) -> SealedSession:
-        """Verify, decrypt in memory and open ``path``; see the module docstring for the checks."""
-        artifact, data_key = self.open_artifact(path)
-        decrypted = open_decrypted(artifact, data_key, progress=progress)
+        """Verify, authorize, decrypt in memory and open ``path``; see the module docstring for the checks."""
+        if self._ctx is None:
+            artifact, data_key = self.open_artifact(path)
+            decrypted = open_decrypted(artifact, data_key, progress=progress)
+            return self._session(artifact, decrypted, session_options, providers)
+        if caller is None:
+            raise ConfigurationError(
+                "Loading under a policy needs a caller.", hint="Pass caller=Caller(user, role, purpose)."
+            )
+        return self._load_audited(Path(path), caller, session_options, providers, progress)
+
+    def _session(
+        self,
+        artifact: SealedArtifact,
+        decrypted: DecryptedModel,
+        session_options: ort.SessionOptions | None,
+        providers: Sequence[Any] | None,
+        pipeline_factory: Any = None,
+        device: str = "cpu",
+    ) -> SealedSession:
         try:
             session = create_inference_session(decrypted, providers=providers, session_options=session_options)
         except BaseException:
             decrypted.close()
             raise
-        return SealedSession(session, decrypted, artifact.manifest)
+        guard = pipeline_factory() if pipeline_factory else None
+        return SealedSession(session, decrypted, artifact.manifest, guard=guard, device=device)
+
+    def _load_audited(
+        self,
+        path: Path,
+        caller: Caller,
+        session_options: ort.SessionOptions | None,
+        providers: Sequence[Any] | None,
+        progress: bool,
+    ) -> SealedSession:
+        from sealinfer.runtime.pipeline import RequestPipeline
+        from sealinfer.runtime.policy.authz import AccessDeniedError, ModelResource
+
+        ctx = self._ctx
+        assert ctx is not None and self.profile is not None
+        details: dict[str, Any] = {"artifact": path.name}
+        manifest: dict[str, Any] = {}
+        decision = None
+        try:
+            artifact = self._verified(path)
+            manifest = artifact.manifest
+            details.update(signature="valid", signer_key_id=artifact.signature_key_id)
+            self._check_manifest(manifest, details)
+            model = manifest["model"]
+            resource = ModelResource(
+                str(model["name"]), str(model["version"]), str(model["sha256"]), bool(manifest["phi"])
+            )
+            decision = ctx.authorizer.authorize(caller, "load", resource)
+            if not decision.allowed:
+                raise AccessDeniedError(
+                    f"{caller.role} {caller.user!r} may not load {resource.name!r} for {caller.purpose}: "
+                    + "; ".join(decision.reasons),
+                    hint="Load it as a role the policy allows (e.g. a service account for treatment).",
+                    decision=decision,
+                )
+            data_key = artifact.unwrap_data_key(self._providers, revoked=self.keyring.is_revoked)
+            decrypted = open_decrypted(artifact, data_key, progress=progress)
+            try:
+                self._verify_watermark(manifest, decrypted, details)
+            except BaseException:
+                decrypted.close()
+                raise
+            device = "cpu"
+            session = self._session(
+                artifact,
+                decrypted,
+                session_options,
+                providers,
+                pipeline_factory=lambda: RequestPipeline(ctx, resource, manifest, device),
+                device=device,
+            )
+        except SealinferError as exc:
+            self._audit_load(caller, manifest, decision, details, exc, path)
+            raise
+        receipt = self._audit_load(caller, manifest, decision, details, None, path)
+        details["audit_seq"] = receipt.seq
+        if ctx.telemetry is not None:
+            privacy = manifest.get("privacy") or {}
+            ctx.telemetry.record_model(
+                resource.digest,
+                resource.name,
+                resource.version,
+                signer_key_id=artifact.signature_key_id,
+                signature_ok=True,
+                watermark_status=details.get("watermark"),
+                dp_epsilon=privacy.get("epsilon"),
+                param_bytes=int(model.get("param_bytes", 0)),
+            )
+        return session
+
+    def _check_manifest(self, manifest: dict[str, Any], details: dict[str, Any]) -> None:
+        """The artifact must have been compiled for this profile and meet its DP and watermark rules."""
+        profile = self.profile
+        assert profile is not None
+        compiled_for = manifest.get("policy_profile")
+        if compiled_for != profile.id:
+            raise ConfigurationError(
+                f"This artifact was compiled for policy profile {compiled_for!r}, not {profile.id!r}.",
+                hint=f"Re-seal it with `sealinfer seal --policy {profile.id}` so its checks are made at compile time.",
+            )
+        privacy = manifest.get("privacy")
+        details["dp_epsilon"] = privacy.get("epsilon") if privacy else None
+        limit = profile.privacy.max_epsilon
+        if profile.privacy.require_certificate and not privacy:
+            raise CertificateError(
+                f"Profile {profile.id!r} requires a DP certificate and this artifact has none.",
+                hint="Train with sealinfer.privacy.train_dp and seal with --dp-cert.",
+            )
+        if privacy and limit is not None and float(privacy["epsilon"]) > limit:
+            raise CertificateError(
+                f"The model's DP epsilon {privacy['epsilon']:.3g} exceeds profile {profile.id!r}'s limit {limit:g}.",
+                hint="Retrain with more noise or fewer steps (sealinfer.privacy.train_dp, lower target_epsilon).",
+            )
+        mark = manifest.get("watermark")
+        details["watermark"] = "committed" if mark else "absent"
+        if profile.watermark.required and not mark:
+            raise WatermarkError(
+                f"Profile {profile.id!r} requires a watermarked model and this artifact has none.",
+                hint="Re-seal with --watermark-payload.",
+            )
+
+    def _verify_watermark(self, manifest: dict[str, Any], decrypted: DecryptedModel, details: dict[str, Any]) -> None:
+        mark = manifest.get("watermark")
+        if not mark or self.profile is None or not self.profile.watermark.verify_on_load:
+            return
+        from sealinfer import watermark
+
+        _, key = self.keyring.secret("watermark", mark["key_id"])
+        detection = watermark.verify_commitment(decrypted.to_model_proto(), key, mark)
+        details["watermark"] = "verified"
+        details["watermark_p_value"] = float(detection.p_value)
+
+    def _audit_load(
+        self,
+        caller: Caller,
+        manifest: dict[str, Any],
+        decision: Any,
+        details: dict[str, Any],
+        error: SealinferError | None,
+        path: Path,
+    ) -> Any:
+        ctx = self._ctx
+        assert ctx is not None
+        model = manifest.get("model", {})
+        reasons = list(decision.reasons) if decision is not None else []
+        if error is not None:
+            reasons.append(f"{error.code}: {error}")
+        event = ctx.audit_event(
+            caller,
+            "load",
+            model_id=str(model.get("name", path.name)),
+            model_version=str(model["version"]) if "version" in model else None,
+            model_digest=model.get("sha256"),
+            decision="allow" if error is None else "deny",
+            reasons=reasons,
+            outcome="ok" if error is None else ("denied" if error.code in ("denied", "unknown_principal") else "error"),
+            error_code=None if error is None else error.code,
+            device="cpu" if error is None else None,
+            details=details,
+        )
+        receipt = ctx.audit.append(event)
+        if error is not None:
+            error.audit_seq = receipt.seq  # type: ignore[attr-defined]
+        return receipt
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush telemetry, write a final signed checkpoint and close the stores."""
+        if self._ctx is not None:
+            if self._ctx.telemetry is not None:
+                self._ctx.telemetry.close()
+            self._ctx.audit.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,227 @@
+"""The per-request security pipeline of a session loaded under a policy.
+
+    authorize (cached Cedar decision) -> validate inputs -> admit (rate limit) -> inference
+    -> transform outputs (guards) -> record (audit, committed before returning; telemetry, buffered)
+
+Every outcome, including every refusal, leaves exactly one audit record and one telemetry row; the
+caller gets its result only after its audit record is committed. Inputs and outputs appear in the
+record only as HMAC-SHA256 digests under the keyring's audit key, never as data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sealinfer.runtime.audit.record import AuditEvent
+from sealinfer.runtime.errors import (
+    ConfigurationError,
+    InputValidationError,
+    ModelError,
+    SealinferError,
+    UnknownPrincipalError,
+)
+from sealinfer.runtime.policy.authz import AccessDeniedError, Authorizer, ModelResource
+from sealinfer.runtime.policy.guards import OutputGuard
+from sealinfer.runtime.policy.validation import InputValidator
+from sealinfer.runtime.telemetry.record import TelemetryRecord
+
+if TYPE_CHECKING:
+    from sealinfer.runtime.audit.log import AuditLog
+    from sealinfer.runtime.caller import Caller
+    from sealinfer.runtime.policy.profile import PolicyProfile
+    from sealinfer.runtime.session import SealedSession
+    from sealinfer.runtime.telemetry.store import TelemetryStore
+
+
+def keyed_digest(key: bytes, tensors: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 over names, dtypes, shapes and bytes: links records to data without revealing it."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for name in sorted(tensors):
+        arr = tensors[name]
+        if not isinstance(arr, np.ndarray):
+            mac.update(f"{name}|{type(arr).__name__}|".encode())
+            continue
+        mac.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        mac.update(np.ascontiguousarray(arr).data)
+    return mac.hexdigest()
+
+
+@dataclass
+class SecurityContext:
+    """Everything a pipeline needs, shared by all sessions of one ``Runtime``."""
+
+    profile: PolicyProfile
+    authorizer: Authorizer
+    audit: AuditLog
+    hmac_key: bytes
+    telemetry: TelemetryStore | None = None
+    features: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_label(self) -> str:
+        parts = ["sealed", "authz", f"audit({self.audit.durability})"]
+        if self.profile.outputs.active:
+            parts.append("guards")
+        if self.features.get("watermark_verified"):
+            parts.append("watermark")
+        return "+".join(parts)
+
+    def audit_event(self, caller: Caller, action: str, **kw: Any) -> AuditEvent:
+        return AuditEvent(
+            actor=caller.user,
+            role=caller.role,
+            purpose=caller.purpose,
+            action=action,
+            policy_id=self.profile.id,
+            policy_version=self.authorizer.policy_version,
+            tenant=caller.tenant,
+            break_glass=caller.break_glass,
+            **kw,
+        )
+
+
+class RequestPipeline:
+    """Runs one session's requests through the policy. Thread-safe (its parts are)."""
+
+    def __init__(self, ctx: SecurityContext, resource: ModelResource, manifest: dict[str, Any], device: str) -> None:
+        self._ctx = ctx
+        self._resource = resource
+        self._device = device
+        from sealinfer.runtime.tensorspec import TensorSpec
+
+        specs = [TensorSpec.from_dict(s) for s in manifest.get("signature_io", {}).get("inputs", [])]
+        self._validate = InputValidator(specs, ctx.profile.inputs)
+        self._guard = OutputGuard(ctx.profile.outputs) if ctx.profile.outputs.active else None
+        self._param_bytes = int(manifest["model"].get("param_bytes", 0))
+        self._features = {
+            "sealed": True,
+            "authz": True,
+            "audit_mode": ctx.audit.durability,
+            "guards": self._guard is not None,
+            **ctx.features,
+        }
+        self._config = ctx.config_label
+
+    def run(
+        self, session: SealedSession, inputs: Mapping[str, np.ndarray], caller: Caller | None, priority: str
+    ) -> dict[str, np.ndarray]:
+        if caller is None:
+            raise UnknownPrincipalError(
+                "This session runs under a policy, so every call needs a caller.",
+                hint="Pass caller=Caller(user, role, purpose) to run().",
+            )
+        ctx = self._ctx
+        t0 = time.perf_counter_ns()
+        decision = ctx.authorizer.authorize(caller, "infer", self._resource)
+        t1 = time.perf_counter_ns()
+        outputs: dict[str, np.ndarray] | None = None
+        error: SealinferError | None = None
+        t2 = t3 = t4 = t1
+        if not decision.allowed:
+            error = AccessDeniedError(
+                f"{caller.role} {caller.user!r} may not run {self._resource.name!r} for {caller.purpose}: "
+                + "; ".join(decision.reasons),
+                hint="Ask your privacy officer for access, or use a purpose your role is allowed.",
+                decision=decision,
+            )
+        else:
+            try:
+                self._validate(inputs)
+                t2 = time.perf_counter_ns()
+                if self._guard is not None:
+                    self._guard.admit(caller)
+                t3 = time.perf_counter_ns()
+                try:
+                    outputs = session._infer(inputs)  # the pipeline is the session's own guard
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    raise ModelError(
+                        f"onnxruntime failed on this request: {str(exc).splitlines()[0][:300]}",
+                        hint="Check the inputs against `sealinfer inspect` (signature_io).",
+                    ) from None
+                t4 = time.perf_counter_ns()
+                if self._guard is not None:
+                    outputs = self._guard.transform(outputs)
+            except SealinferError as exc:
+                error = exc
+                t2 = t3 = t4 = max(t2, t1)
+        t5 = time.perf_counter_ns()
+        if error is None:
+            outcome, code = "ok", None
+        elif isinstance(error, AccessDeniedError):
+            outcome, code = "denied", error.code
+        else:
+            outcome, code = ("denied" if error.code.startswith(("rate", "quota")) else "error"), error.code
+        event = ctx.audit_event(
+            caller,
+            "infer",
+            model_id=self._resource.name,
+            model_version=self._resource.version,
+            model_digest=self._resource.digest,
+            decision="allow" if decision.allowed else "deny",
+            reasons=list(decision.reasons)
+            if error is None or not isinstance(error, InputValidationError)
+            else [*decision.reasons, str(error)],
+            outcome=outcome,
+            error_code=code,
+            device=self._device,
+            input_digest=keyed_digest(ctx.hmac_key, inputs) if isinstance(inputs, Mapping) else None,
+            output_digest=keyed_digest(ctx.hmac_key, outputs) if outputs is not None else None,
+            latency_us=(t5 - t0) // 1000,
+        )
+        receipt = ctx.audit.append(event)  # returns after COMMIT: nothing acknowledged is lost
+        t6 = time.perf_counter_ns()
+        if ctx.telemetry is not None:
+            ctx.telemetry.record(
+                TelemetryRecord(
+                    ts=time.time(),
+                    request_id=uuid.uuid4().hex,
+                    model=self._resource.name,
+                    model_version=self._resource.version,
+                    model_digest=self._resource.digest,
+                    outcome=outcome,
+                    error_code=code,
+                    config=self._config,
+                    features=self._features,
+                    device=self._device,
+                    tenant=caller.tenant or "default",
+                    priority=priority,
+                    batch=_batch(inputs),
+                    authorize_us=(t1 - t0) / 1000,
+                    validate_us=(t2 - t1) / 1000,
+                    inference_us=(t4 - t3) / 1000,
+                    guard_us=((t3 - t2) + (t5 - t4)) / 1000,
+                    record_us=(t6 - t5) / 1000,
+                    total_us=(t6 - t0) / 1000,
+                    model_param_bytes=self._param_bytes,
+                )
+            )
+        if error is not None:
+            error.audit_seq = receipt.seq  # type: ignore[attr-defined]  # where to find the record
+            raise error
+        assert outputs is not None
+        return outputs
+
+
+def _batch(inputs: Mapping[str, Any]) -> int:
+    for value in inputs.values():
+        shape = getattr(value, "shape", None)
+        if shape:
+            return int(shape[0])
+    return 1
+
+
+def require_caller(caller: Caller | None) -> Caller:
+    if caller is None:
+        raise ConfigurationError(
+            "A runtime with a policy needs a caller for every load and run.",
+            hint="Pass caller=Caller(user, role, purpose).",
+        )
+    return caller

@@ -1,0 +1,218 @@
+"""The secure runtime end to end: profiles, Cedar decisions, validation, guards, audit and telemetry."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sealinfer.runtime import Caller, Runtime
+from sealinfer.runtime.audit.verify import verify_log
+from sealinfer.runtime.errors import (
+    AuthorizationError,
+    CertificateError,
+    ConfigurationError,
+    InputValidationError,
+    RateLimitError,
+    UnknownPrincipalError,
+    WatermarkError,
+)
+from sealinfer.tests.policy.secure_fixtures import Sealed, certificate, hipaa_variant, seal_for
+
+SERVICE = Caller("svc-ward7", "service", "treatment", tenant="ward7")
+CLINICIAN = Caller("dr.grey", "clinician", "treatment", tenant="ward7")
+RESEARCHER = Caller("r.yang", "researcher", "research", tenant="research")
+X = np.random.default_rng(0).standard_normal((4, 30)).astype(np.float32)
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def rt(tmp_path: Path, sealed: Sealed):
+    runtime = Runtime(sealed.keyring, "hipaa", audit_db=tmp_path / "audit.db", telemetry_db=tmp_path / "tel.db")
+    yield runtime
+    runtime.close()
+
+
+def test_hipaa_clinician_treatment_is_served_guarded_audited_and_timed(tmp_path: Path, rt: Runtime, sealed: Sealed):
+    session = rt.load(sealed.hipaa, caller=SERVICE)
+    probs = session.run({"input": X}, caller=CLINICIAN)["probabilities"]
+    assert np.array_equal(probs, np.round(probs, 4))  # HIPAA rounds outputs to 4 decimals
+    rt.close()
+    events = rows(
+        tmp_path / "audit.db",
+        "SELECT action, actor, decision, outcome, json_extract(body, '$.input_digest'), "
+        "json_extract(body, '$.output_digest') FROM audit_events ORDER BY seq",
+    )
+    assert [e[:4] for e in events] == [("load", "svc-ward7", "allow", "ok"), ("infer", "dr.grey", "allow", "ok")]
+    assert len(events[1][4]) == 64 and len(events[1][5]) == 64  # keyed digests, never data
+    raw = (tmp_path / "audit.db").read_bytes() + (tmp_path / "tel.db").read_bytes()
+    assert X.tobytes()[:32] not in raw and probs.tobytes()[:32] not in raw
+    assert verify_log(tmp_path / "audit.db", sealed.keyring.trust_store()).ok
+    tel = rows(
+        tmp_path / "tel.db",
+        "SELECT config, outcome, authorize_us, validate_us, inference_us, record_us, total_us FROM requests",
+    )
+    assert len(tel) == 1 and tel[0][0].startswith("sealed+authz+audit(process)") and tel[0][1] == "ok"
+    assert all(v >= 0 for v in tel[0][2:]) and tel[0][6] >= tel[0][4]
+    load_details = rows(tmp_path / "audit.db", "SELECT body FROM audit_events WHERE seq = 1")[0][0]
+    assert "verified" in str(load_details)  # watermark verified on load under HIPAA
+
+
+def test_researcher_asking_for_phi_predictions_is_denied_and_audited(tmp_path: Path, rt: Runtime, sealed: Sealed):
+    session = rt.load(sealed.hipaa, caller=SERVICE)
+    with pytest.raises(AuthorizationError, match="researcher 'r.yang' may not run") as info:
+        session.run({"input": X}, caller=RESEARCHER)
+    seq = info.value.audit_seq
+    assert rows(tmp_path / "audit.db", f"SELECT actor, decision, outcome FROM audit_events WHERE seq = {seq}") == [
+        ("r.yang", "deny", "denied")
+    ]
+    # the session keeps serving others
+    assert session.run({"input": X}, caller=CLINICIAN)["probabilities"].shape == (4, 64)
+    # researchers may use non-PHI models for research
+    non_phi = rt.load(sealed.hipaa_non_phi, caller=SERVICE)
+    assert non_phi.run({"input": X}, caller=RESEARCHER)["probabilities"].shape == (4, 64)
+
+
+def test_load_denials_are_audited(tmp_path: Path, rt: Runtime, sealed: Sealed):
+    with pytest.raises(AuthorizationError, match="may not load"):
+        rt.load(sealed.hipaa, caller=RESEARCHER)
+    with pytest.raises(ConfigurationError, match="compiled for policy profile 'dev'"):
+        rt.load(sealed.dev, caller=SERVICE)
+    with pytest.raises(WatermarkError, match="requires a watermarked model"):
+        rt.load(sealed.unwatermarked, caller=SERVICE)
+    with pytest.raises(ConfigurationError, match="needs a caller"):
+        rt.load(sealed.hipaa)
+    rt.close()
+    outcomes = rows(tmp_path / "audit.db", "SELECT action, decision, error_code FROM audit_events ORDER BY seq")
+    assert outcomes == [
+        ("load", "deny", "denied"),
+        ("load", "deny", "configuration"),
+        ("load", "deny", "watermark_error"),
+    ]
+
+
+def test_epsilon_above_the_profile_limit_is_refused(tmp_path: Path, sealed: Sealed):
+    strict = hipaa_variant(privacy={"max_epsilon": 0.5})
+    with Runtime(sealed.keyring, strict, audit_db=tmp_path / "a.db") as rt:
+        with pytest.raises(CertificateError, match="exceeds profile 'hipaa'"):
+            rt.load(sealed.hipaa, caller=SERVICE)
+
+
+def test_dp_certificate_over_the_limit_cannot_even_be_sealed(tmp_path: Path, sealed: Sealed):
+    from sealinfer.tests import models
+
+    src = models.save(models.mlp(30, 512, 64, seed=5), tmp_path / "m.onnx")
+    loose = certificate(src, sigma=0.6, q=0.05, steps=5000)  # ε far above 8
+    with pytest.raises(CertificateError):
+        seal_for(sealed.keyring, src, tmp_path / "x.sealed", "hipaa", cert=loose)
+    assert not (tmp_path / "x.sealed").exists()
+
+
+@pytest.mark.parametrize(
+    ("inputs", "match"),
+    [
+        ({"wrong": X}, "input"),
+        ({"input": X.astype(np.float64)}, "float32"),
+        ({"input": X[0]}, "dimension"),
+        ({"input": np.ones((4, 29), np.float32)}, "30"),
+        ({"input": np.full((4, 30), np.nan, np.float32)}, "NaN|finite"),
+        ({"input": np.ones((5000, 30), np.float32)}, "batch"),
+    ],
+    ids=["name", "dtype", "rank", "shape", "nan", "oversize"],
+)
+def test_bad_inputs_are_typed_errors_and_audited(tmp_path: Path, rt: Runtime, sealed: Sealed, inputs, match):
+    session = rt.load(sealed.hipaa, caller=SERVICE)
+    with pytest.raises(InputValidationError, match=match) as info:
+        session.run(inputs, caller=CLINICIAN)
+    assert info.value.hint
+    seq = info.value.audit_seq
+    assert rows(tmp_path / "audit.db", f"SELECT outcome, error_code FROM audit_events WHERE seq = {seq}") == [
+        ("error", "input_invalid")
+    ]
+    assert session.run({"input": X}, caller=CLINICIAN)["probabilities"].shape == (4, 64)
+
+
+def test_query_rate_limit_against_model_extraction(tmp_path: Path, sealed: Sealed):
+    limited = hipaa_variant(outputs={"max_queries_per_minute": 3})
+    with Runtime(sealed.keyring, limited, audit_db=tmp_path / "a.db") as rt:
+        session = rt.load(sealed.hipaa, caller=SERVICE)
+        for _ in range(3):
+            session.run({"input": X}, caller=CLINICIAN)
+        with pytest.raises(RateLimitError):
+            session.run({"input": X}, caller=CLINICIAN)
+        session.run({"input": X}, caller=Caller("dr.bailey", "clinician", "treatment"))  # others unaffected
+
+
+def test_break_glass_is_allowed_to_clinicians_and_flagged(tmp_path: Path, rt: Runtime, sealed: Sealed):
+    session = rt.load(sealed.hipaa, caller=SERVICE)
+    emergency = Caller("dr.grey", "clinician", "operations", break_glass=True)
+    assert session.run({"input": X}, caller=emergency)["probabilities"].shape == (4, 64)
+    with pytest.raises(AuthorizationError):
+        session.run({"input": X}, caller=Caller("ops.kim", "ops", "operations", break_glass=True))
+    rt.close()
+    flagged = rows(tmp_path / "audit.db", "SELECT actor, decision FROM audit_events WHERE break_glass = 1 ORDER BY seq")
+    assert flagged == [("dr.grey", "allow"), ("ops.kim", "deny")]
+
+
+def test_unknown_principals_and_missing_callers(rt: Runtime, sealed: Sealed):
+    with pytest.raises(UnknownPrincipalError, match="Unknown role"):
+        Caller("x", "janitor", "treatment")
+    session = rt.load(sealed.hipaa, caller=SERVICE)
+    with pytest.raises(UnknownPrincipalError, match="needs a caller"):
+        session.run({"input": X})
+
+
+def test_cache_invalidated_when_the_policy_version_changes(rt: Runtime, sealed: Sealed):
+    session = rt.load(sealed.hipaa, caller=SERVICE)
+    session.run({"input": X}, caller=CLINICIAN)
+    session.run({"input": X}, caller=CLINICIAN)
+    authz = rt._ctx.authorizer
+    assert authz.cache_info().hits >= 1
+    text = rt.profile.cedar_policies_text().replace(
+        'principal.role == "clinician" && context.purpose == "treatment"', "false"
+    )
+    authz.reload(text, policy_version="hipaa@test-revoked-clinicians")
+    with pytest.raises(AuthorizationError):
+        session.run({"input": X}, caller=CLINICIAN)
+
+
+def test_dev_profile_serves_unwatermarked_models(tmp_path: Path, sealed: Sealed):
+    with Runtime(sealed.keyring, "dev", audit_db=tmp_path / "a.db") as rt:
+        out = rt.load(sealed.dev, caller=SERVICE).run({"input": X}, caller=CLINICIAN)
+    assert out["probabilities"].shape == (4, 64)
+
+
+def test_eight_threads_times_2000_calls_lose_no_audit_or_telemetry_row(tmp_path: Path, sealed: Sealed):
+    profile = hipaa_variant(outputs={"max_queries_per_minute": None})
+    rt = Runtime(sealed.keyring, profile, audit_db=tmp_path / "audit.db", telemetry_db=tmp_path / "tel.db")
+    session = rt.load(sealed.hipaa, caller=SERVICE)
+    done = [0] * 8
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        caller = Caller(f"dr.{i}", "clinician", "treatment", tenant=f"t{i % 2}")
+        x = np.random.default_rng(i).standard_normal((1, 30)).astype(np.float32)
+        try:
+            for _ in range(2000):
+                session.run({"input": x}, caller=caller)
+                done[i] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rt.close()
+    assert not errors and sum(done) == 16000
+    assert rows(tmp_path / "audit.db", "SELECT count(*) FROM audit_events WHERE action = 'infer'") == [(16000,)]
+    assert rows(tmp_path / "tel.db", "SELECT count(*) FROM requests") == [(16000,)]
+    assert verify_log(tmp_path / "audit.db", sealed.keyring.trust_store()).ok
