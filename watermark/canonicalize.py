@@ -1,0 +1,175 @@
+"""A key-independent canonical form of the weights that function-preserving edits cannot change.
+
+For every hidden layer — a weight op A whose output reaches, through a ReLU-type activation (Relu,
+LeakyRelu) and channel-wise ops (bias Add, Cast, MaxPool, Flatten, (De)QuantizeLinear), the data
+input of exactly one weight op B — the hidden units can be permuted, and each unit's incoming weights
+scaled by c > 0 with its outgoing weights scaled by 1/c, without changing the function. The canonical
+form undoes both:
+
+* scale: each unit's incoming row of A is divided by its max-abs value (and B's matching column
+  multiplied by it). Max-abs, not the L2 norm, because magnitude pruning never removes a row's
+  largest weight, so the canonical form of a pruned model is the pruned canonical form;
+* order: units are sorted by the ratio of the second-largest to the largest magnitude among their
+  incoming weights. It is invariant to both edits, depends on this layer only (so rescaling the *next*
+  layer's units cannot move it — an outgoing-weight statistic would be), and pruning keeps it because
+  it is made of each row's two largest weights.
+
+Layers are processed in graph order, so a tensor that is B of one layer and A of the next gets both.
+``to_canonical`` / ``from_canonical`` are exact inverses up to float rounding (a few ulps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from sealinfer.watermark.graph import FLOAT_OPS, INT_OPS, WeightRef, pairing_graph
+
+ACTIVATIONS = {"Relu", "LeakyRelu"}
+CHANNELWISE = {"Cast", "Identity", "Dropout", "MaxPool", "DynamicQuantizeLinear", "QuantizeLinear",
+               "DequantizeLinear", "Add", "Mul", "Flatten"}
+
+
+@dataclass
+class Pair:
+    a: int  # weight index of the producing layer
+    b: int  # weight index of the consuming layer
+    block: int  # B input columns per hidden unit (>1 after Flatten of a conv feature map)
+
+
+@dataclass
+class Transform:
+    pairs: list[Pair]
+    row: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # t -> (order, scale)
+    col: dict[int, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)  # t -> (order, scale, block)
+
+
+def find_pairs(model: onnx.ModelProto, refs: list[WeightRef]) -> list[Pair]:
+    gr = pairing_graph(model)
+    by_node = {r.node: r for r in refs}
+    pairs: list[Pair] = []
+    used_b: set[int] = set()
+    for ref in refs:
+        node = model.graph.node[ref.node]
+        name = node.output[0]
+        seen_act = False
+        flatten = False
+        target = None
+        for _ in range(16):  # bounded walk along a single-consumer chain
+            cons = gr.consumers.get(name, [])
+            if name in gr.graph_outputs or len(cons) != 1:
+                break
+            idx, nxt = cons[0]
+            if nxt.op_type in FLOAT_OPS or nxt.op_type in INT_OPS:
+                if nxt.input[0] == name and seen_act and idx in by_node:
+                    target = by_node[idx]
+                break
+            if nxt.op_type in ACTIVATIONS:
+                seen_act = True
+            elif nxt.op_type not in CHANNELWISE:
+                break
+            if nxt.op_type in ("Add", "Mul") and not _other_is_constantish(gr, nxt, name):
+                break
+            flatten = flatten or nxt.op_type == "Flatten"
+            name = nxt.output[0]
+        if target is None or target.index in used_b or target.index <= ref.index:
+            continue
+        h = ref.shape[0]
+        cols = target.shape[1]
+        if len(target.shape) > 2 and cols == h:
+            block = 1
+        elif len(target.shape) == 2 and cols == h:
+            block = 1
+        elif len(target.shape) == 2 and flatten and cols % h == 0:
+            block = cols // h
+        else:
+            continue
+        used_b.add(target.index)
+        pairs.append(Pair(ref.index, target.index, block))
+    return pairs
+
+
+def _other_is_constantish(gr: object, node: onnx.NodeProto, through: str) -> bool:
+    others = [i for i in node.input if i != through]
+    if len(others) != 1:
+        return False
+    name = others[0]
+    g = gr  # type: ignore[assignment]
+    if name in g.inits:  # type: ignore[attr-defined]
+        return True
+    prod = g.producer.get(name)  # type: ignore[attr-defined]
+    # Reshape/Unsqueeze of a bias, or the product of two quantization scales.
+    return prod is not None and prod.op_type in ("Reshape", "Unsqueeze", "Identity", "Cast", "Mul", "Constant")
+
+
+def _second_to_first(rows: np.ndarray) -> np.ndarray:
+    """Second-largest over largest magnitude per (max-normalized) row; 0 for rows with < 2 values."""
+    if rows.shape[1] < 2:
+        return np.zeros(rows.shape[0], dtype=np.float32)
+    top2 = -np.partition(-np.abs(rows), 1, axis=1)[:, :2]
+    return top2[:, 1] / np.maximum(top2[:, 0], np.finfo(np.float32).tiny)
+
+
+def _unit_view(arr: np.ndarray, h: int, block: int) -> np.ndarray:
+    """B as [out, h, rest] so hidden unit i is ``view[:, i, :]``."""
+    return arr.reshape(arr.shape[0], h, -1) if block == 1 else arr.reshape(arr.shape[0], h, block)
+
+
+def to_canonical(arrays: list[np.ndarray], pairs: list[Pair]) -> tuple[list[np.ndarray], Transform]:
+    canon = [a.copy() for a in arrays]
+    tf = Transform(pairs)
+    for p in pairs:
+        a = canon[p.a]
+        h = a.shape[0]
+        rows = a.reshape(h, -1)
+        u = np.max(np.abs(rows), axis=1).astype(np.float32)
+        u[u == 0] = 1.0
+        rows = rows / u[:, None]
+        bview = _unit_view(canon[p.b], h, p.block) * u[None, :, None]
+        order = np.argsort(-_second_to_first(rows), kind="stable")
+        canon[p.a] = np.ascontiguousarray(rows[order]).reshape(a.shape)
+        canon[p.b] = np.ascontiguousarray(bview[:, order, :]).reshape(canon[p.b].shape)
+        tf.row[p.a] = (order, u)
+        tf.col[p.b] = (order, u, p.block)
+    return canon, tf
+
+
+def from_canonical(canon: list[np.ndarray], tf: Transform) -> list[np.ndarray]:
+    raw = [c.copy() for c in canon]
+    for t, (order, u, block) in tf.col.items():
+        h = order.size
+        v = _unit_view(raw[t], h, block)
+        out = np.empty_like(v)
+        out[:, order, :] = v
+        out /= u[None, :, None]
+        raw[t] = out.reshape(raw[t].shape)
+    for t, (order, u) in tf.row.items():
+        h = order.size
+        rows = raw[t].reshape(h, -1)
+        out = np.empty_like(rows)
+        out[order] = rows
+        out *= u[:, None]
+        raw[t] = out.reshape(raw[t].shape)
+    return raw
+
+
+def protected_mask(canon: list[np.ndarray], tf: Transform) -> list[np.ndarray]:
+    """Elements that define the canonical form (row/unit maxima, tensor max): never modified."""
+    masks = []
+    for t, c in enumerate(canon):
+        m = np.zeros(c.shape, dtype=bool)
+        absc = np.abs(c)
+        flat = m.reshape(-1)
+        flat[int(np.argmax(absc))] = True
+        if t in tf.row:
+            h = tf.row[t][0].size
+            rows = absc.reshape(h, -1)
+            m |= (rows == rows.max(axis=1, keepdims=True)).reshape(c.shape)
+        if t in tf.col:
+            order, _, block = tf.col[t]
+            v = _unit_view(absc, order.size, block)
+            m |= (v == v.max(axis=(0, 2), keepdims=True)).reshape(c.shape)
+        masks.append(m)
+    return masks

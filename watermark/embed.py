@@ -1,0 +1,168 @@
+"""``embed``: mark a float ONNX model's weights with a keyed payload, checked for fidelity."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+
+from sealinfer.watermark import canonicalize, codec, lattice, spread
+from sealinfer.watermark.common import STRENGTH, STRENGTH_LEVELS, carriers
+from sealinfer.watermark.errors import FidelityError, QuantizedModelError, WatermarkCapacityError
+from sealinfer.watermark.fidelity import ProbeRunner, compare, generate_probes
+from sealinfer.watermark.graph import write_weights
+from sealinfer.watermark.keys import SCHEME, check_key
+from sealinfer.watermark.quant import SIMULATORS
+from sealinfer.watermark.report import DEFAULT_THRESHOLD_P, FidelityReport, Receipt
+
+NUDGE_MARGIN = 0.05  # fraction of a lattice cell kept free after simulated FP16/INT8 rounding
+NUDGE_ROUNDS = 10
+MAX_PROBED_TENSORS = 64  # beyond this, per-tensor sensitivity probing costs more than it saves
+MAX_PROBED_WEIGHTS = 20_000_000
+
+
+def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_change: float = 1e-3,
+          probe_inputs: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, Receipt]:
+    """Return a marked copy of ``model`` and its receipt; ``model`` itself is not modified.
+
+    Raises ``WatermarkCapacityError`` when the model has too few weights for the payload,
+    ``QuantizedModelError`` for FP16/INT8 weights, and ``FidelityError`` when no strength keeps the
+    output change within ``max_relative_change`` on the probe inputs.
+    """
+    key = check_key(key)
+    payload = codec.check_payload(payload)
+    frame = codec.encode(payload, key)
+    ws = carriers(model)
+    not_float = sorted({r.kind for r in ws.refs if r.kind != "float32"})
+    if not_float:
+        raise QuantizedModelError(
+            f"The model's weights are stored as {', '.join(not_float)}; only float32 weights are marked.",
+            hint="Embed the watermark in the float32 model, then convert or quantize the marked model.",
+        )
+    shapes = [r.shape for r in ws.refs]
+    lay = spread.layout(key, shapes, frame.size)
+    n_weights = int(sum(a.size for a in ws.arrays))
+    if int(lay.sizes.min()) < spread.MIN_CHIP:
+        need = spread.MIN_CHIP * lay.n_chips
+        raise WatermarkCapacityError(
+            f"The model has {n_weights:,} weight values; a {codec.PAYLOAD_BITS}-bit payload with its "
+            f"redundancy and pilots needs about {need:,}.",
+            hint="Watermark a larger model (or embed a fingerprint in a bigger layer set).",
+        )
+    lay.bits[lay.n_pilot:] = np.tile(frame, lay.repeats)
+
+    pairs = canonicalize.find_pairs(model, ws.refs)
+    canon0, tf0 = canonicalize.to_canonical(ws.arrays, pairs)
+    protect_canon = canonicalize.protected_mask(canon0, tf0)
+    protect_raw = [
+        m != 0 for m in canonicalize.from_canonical([p.astype(np.float32) for p in protect_canon], tf0)
+    ]
+    codes = [lattice.tensor_code(key, t, s, frame.size) for t, s in enumerate(shapes)]
+
+    probes = probe_inputs if probe_inputs is not None else generate_probes(model)
+    probe_kind = "supplied" if probe_inputs is not None else "generated"
+    n_probes = int(next(iter(probes.values())).shape[0]) if probes else 0
+    runner = ProbeRunner(model, ws.refs, probes)
+    reference = runner.run(ws.arrays)
+    share, price = _tensor_weights(runner, reference, ws.arrays, n_probes, probe_kind)
+
+    best: FidelityReport | None = None
+    for level in STRENGTH_LEVELS:
+        strength = STRENGTH * level
+        arrays, survived = _mark(ws.arrays, lay, strength, pairs, codes, frame, protect_canon, protect_raw,
+                                 share, price)
+        report = compare(reference, runner.run(arrays), n_probes, probe_kind)
+        if best is None or report.max_relative_change < best.max_relative_change:
+            best = report
+        if report.max_relative_change <= max_relative_change:
+            marked = write_weights(model, ws.refs, arrays)
+            receipt = Receipt(
+                scheme=SCHEME,
+                payload_sha256=hashlib.sha256(payload).hexdigest(),
+                payload_length=len(payload),
+                n_bits=codec.PAYLOAD_BITS,
+                threshold_p=DEFAULT_THRESHOLD_P,
+                tensors=[r.init_name for r in ws.refs],
+                chips_per_bit=lay.repeats,
+                strength={"spread_rms": strength, "lattice_step": lattice.STEP},
+                fidelity=report,
+                n_weights=n_weights,
+                hidden_layers=len(pairs),
+                survives_simulated=survived,
+            )
+            return marked, receipt
+    assert best is not None
+    raise FidelityError(
+        f"Even the weakest mark changes outputs by {best.max_relative_change:.2e} (relative), above the "
+        f"requested {max_relative_change:.2e}.",
+        hint="Allow a larger max_relative_change, or pass probe_inputs drawn from the real input distribution.",
+    )
+
+
+def _tensor_weights(runner: ProbeRunner, reference: list[np.ndarray], arrays: list[np.ndarray], n_probes: int,
+                    probe_kind: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-tensor share of the mark and price of a nudge, from each tensor's measured sensitivity.
+
+    Each tensor in turn gets a random +-STRENGTH*std perturbation; the relative output change per unit
+    of perturbation is its sensitivity s_t. Per weight that is s_t / sqrt(N_t), so the least-output-energy
+    share is N_t / s_t^2 (clipped to a 100x range so no tensor is exempt or overloaded).
+    """
+    if len(arrays) > MAX_PROBED_TENSORS or sum(a.size for a in arrays) > MAX_PROBED_WEIGHTS:
+        return None, None
+    g = np.random.default_rng(0)
+    sens = np.empty(len(arrays))
+    for t, a in enumerate(arrays):
+        trial = list(arrays)
+        noise = np.where(g.random(a.shape) < 0.5, -1.0, 1.0).astype(np.float32)
+        trial[t] = a + noise * np.float32(STRENGTH * spread.tensor_scale(a))
+        sens[t] = compare(reference, runner.run(trial), n_probes, probe_kind).max_relative_change / STRENGTH
+    sens = np.maximum(sens, 1e-6 * max(float(sens.max()), 1e-12))
+    sizes = np.array([a.size for a in arrays], dtype=np.float64)
+    per_weight = sens / np.sqrt(sizes)
+    share = 1.0 / per_weight**2
+    share = np.clip(share / np.median(share), 1e-2, 1e2)
+    return share, per_weight / np.median(per_weight)
+
+
+def _mark(arrays0: list[np.ndarray], lay: spread.SpreadLayout, strength: float, pairs: list[canonicalize.Pair],
+          codes: list[lattice.LatticeCode], frame: np.ndarray, protect_canon: list[np.ndarray],
+          protect_raw: list[np.ndarray], share: np.ndarray | None,
+          price: np.ndarray | None) -> tuple[list[np.ndarray], list[str]]:
+    step = spread.steps(lay, strength)
+    arrays = arrays0
+    for _ in range(2):  # a second pass absorbs the share of frozen (protected) weights
+        p = spread.projections(lay, arrays)
+        arrays = spread.apply_moves(lay, arrays, spread.error_to_target(p, step, lay), protect_raw, share)
+    arrays = _settle(lay, arrays, step, protect_raw, share, price, fix_float=True)
+    # The lattice goes last: it is the fragile channel, and its 2^-16 moves barely touch the spread chips.
+    canon, tf = canonicalize.to_canonical(arrays, pairs)
+    canon = [lattice.embed_tensor(c, codes[t], frame, protect_canon[t]) for t, c in enumerate(canon)]
+    arrays = canonicalize.from_canonical(canon, tf)
+    arrays = _settle(lay, arrays, step, protect_raw, share, price, fix_float=False)
+    survived = []
+    for name, (simulate, _) in SIMULATORS.items():
+        p = spread.projections(lay, [simulate(a) for a in arrays])
+        if not spread.bad_chips(p, step, lay, 0.0).any():
+            survived.append(name)
+    return arrays, survived
+
+
+def _settle(lay: spread.SpreadLayout, arrays: list[np.ndarray], step: np.ndarray, protect_raw: list[np.ndarray],
+            share: np.ndarray | None, price: np.ndarray | None, *, fix_float: bool) -> list[np.ndarray]:
+    """Nudge until every chip decodes with margin in float32 and after simulated FP16 and INT8."""
+    for _ in range(NUDGE_ROUNDS):
+        failing = 0
+        for sim in SIMULATORS:
+            arrays, n_bad = spread.nudge(lay, arrays, sim, step, NUDGE_MARGIN, protect_raw, price)
+            failing += n_bad
+        if fix_float:
+            p = spread.projections(lay, arrays)
+            bad = spread.bad_chips(p, step, lay, NUDGE_MARGIN)
+            if bad.any():
+                failing += int(bad.sum())
+                moves = np.where(bad, spread.error_to_target(p, step, lay), 0.0)
+                arrays = spread.apply_moves(lay, arrays, moves, protect_raw, share)
+        if failing == 0:
+            break
+    return arrays

@@ -1,0 +1,178 @@
+"""The spread channel: spread-transform dither modulation (STDM) on the raw weights.
+
+Each weight is assigned, by the key, to one of K chips and given a sign. A chip's statistic is the
+signed sum of its weights (each divided by its tensor's std) over sqrt(chip size): for any host this
+is a unit-variance projection. Embedding moves the projection onto a keyed, dithered lattice whose
+coset encodes the chip's bit; the move is spread evenly over the chip's weights, so the per-weight
+change is tiny (``rms = strength``, in tensor-std units) while the host itself causes no interference
+(it is quantized away, unlike additive spread spectrum). Sums over hundreds of weights average out
+rounding, so the channel survives FP16 and INT8; embedding additionally simulates both conversions and
+nudges the few weights nearest a rounding boundary until every chip decodes after them.
+
+Chips ``0..n_pilot-1`` carry key-derived pilot bits (for the p-value), the rest carry the payload
+frame repeated ``repeats`` times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sealinfer.watermark.keys import rng
+from sealinfer.watermark.quant import SIMULATORS
+
+N_PILOT = 64
+REPEATS = 3
+MIN_CHIP = 24  # weights per chip below which the per-weight change would not stay small
+
+
+@dataclass
+class SpreadLayout:
+    chips: list[np.ndarray]  # per tensor: chip id of each element (int32)
+    signs: list[np.ndarray]  # per tensor: +-1 (float32)
+    sizes: np.ndarray  # weights per chip
+    dither: np.ndarray  # per chip, in [0, 1)
+    bits: np.ndarray  # intended bit per chip (pilots filled in; payload chips filled by embed)
+    n_pilot: int
+    n_frame: int
+    repeats: int
+
+    @property
+    def n_chips(self) -> int:
+        return self.sizes.size
+
+
+def layout(key: bytes, shapes: list[tuple[int, ...]], n_frame: int) -> SpreadLayout:
+    n_chips = N_PILOT + n_frame * REPEATS
+    chips, signs = [], []
+    sizes = np.zeros(n_chips, dtype=np.int64)
+    for t, shape in enumerate(shapes):
+        g = rng(key, f"spread/{t}/{'x'.join(map(str, shape))}")
+        size = int(np.prod(shape))
+        c = g.integers(0, n_chips, size=size, dtype=np.int32)
+        s = (g.integers(0, 2, size=size, dtype=np.int8) * 2 - 1).astype(np.float32)
+        sizes += np.bincount(c, minlength=n_chips)
+        chips.append(c)
+        signs.append(s)
+    g = rng(key, "spread/chips")
+    dither = g.random(n_chips)
+    bits = np.zeros(n_chips, dtype=np.uint8)
+    bits[:N_PILOT] = g.integers(0, 2, size=N_PILOT, dtype=np.uint8)
+    return SpreadLayout(chips, signs, sizes, dither, bits, N_PILOT, n_frame, REPEATS)
+
+
+def tensor_scale(w: np.ndarray) -> float:
+    s = float(np.std(w, dtype=np.float64))
+    return s if s > 0 else 1.0
+
+
+def projections(lay: SpreadLayout, arrays: list[np.ndarray]) -> np.ndarray:
+    acc = np.zeros(lay.n_chips, dtype=np.float64)
+    for a, c, s in zip(arrays, lay.chips, lay.signs, strict=True):
+        x = a.reshape(-1) * s
+        acc += np.bincount(c, weights=x, minlength=lay.n_chips) / tensor_scale(a)
+    return acc / np.sqrt(np.maximum(lay.sizes, 1))
+
+
+def steps(lay: SpreadLayout, strength: float) -> np.ndarray:
+    """Lattice step per chip so that the per-weight rms change is ``strength`` (tensor-std units)."""
+    return strength * np.sqrt(12.0 * np.maximum(lay.sizes, 1))
+
+
+def phases(p: np.ndarray, step: np.ndarray, lay: SpreadLayout) -> np.ndarray:
+    return np.mod(p / step - lay.dither, 1.0)
+
+
+def decisions(p: np.ndarray, step: np.ndarray, lay: SpreadLayout) -> np.ndarray:
+    ph = phases(p, step, lay)
+    return ((ph >= 0.25) & (ph < 0.75)).astype(np.uint8)
+
+
+def error_to_target(p: np.ndarray, step: np.ndarray, lay: SpreadLayout) -> np.ndarray:
+    """Signed move that puts each projection on the nearest lattice point of its bit's coset."""
+    u = p / step - lay.dither - lay.bits * 0.5
+    return (np.round(u) - u) * step
+
+
+def apply_moves(lay: SpreadLayout, arrays: list[np.ndarray], moves: np.ndarray,
+                frozen: list[np.ndarray] | None = None, weights: np.ndarray | None = None) -> list[np.ndarray]:
+    """Spread each chip's projection move over its weights, tensor ``t`` taking a share ``weights[t]``.
+
+    With weight v_t for tensor t, a weight of chip k moves by ``move_k * sign * v_t * sqrt(n_k) / sum v``
+    (in std units), which moves the projection by exactly ``move_k``; ``v_t`` proportional to
+    ``N_t / sensitivity_t^2`` minimizes the output change (Lagrange), so insensitive tensors carry more.
+    """
+    v = np.ones(len(arrays)) if weights is None else np.asarray(weights, dtype=np.float64)
+    total = np.zeros(lay.n_chips)
+    for t, (c, fz) in enumerate(zip(lay.chips, frozen or [None] * len(arrays), strict=True)):
+        live = c if fz is None else c[~fz.reshape(-1)]
+        total += v[t] * np.bincount(live, minlength=lay.n_chips)
+    per_weight = moves * np.sqrt(np.maximum(lay.sizes, 1)) / np.maximum(total, 1e-12)
+    out = []
+    for t, (a, c, s) in enumerate(zip(arrays, lay.chips, lay.signs, strict=True)):
+        delta = (per_weight[c] * (s * (v[t] * tensor_scale(a)))).astype(np.float32)
+        if frozen is not None:
+            delta[frozen[t].reshape(-1)] = 0.0
+        out.append((a.reshape(-1) + delta).reshape(a.shape))
+    return out
+
+
+def bad_chips(p: np.ndarray, step: np.ndarray, lay: SpreadLayout, margin: float) -> np.ndarray:
+    """Chips whose phase is not within ``0.25 - margin`` of their bit's lattice point."""
+    ph = np.mod(p / step - lay.dither - lay.bits * 0.5, 1.0)
+    dist = np.minimum(ph, 1.0 - ph)
+    return dist > 0.25 - margin
+
+
+def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarray, margin: float,
+          frozen: list[np.ndarray], price_scale: np.ndarray | None = None) -> tuple[list[np.ndarray], int]:
+    """Move the cheapest weights across a rounding boundary of ``sim`` until failing chips decode.
+
+    Candidates from all tensors compete per chip on cost per unit of projection gain (both in
+    tensor-std units), so the fix lands where it disturbs the function least. Returns the new arrays
+    and the number of chips that were failing under the simulation.
+    """
+    simulate, neighbours = SIMULATORS[sim]
+    simmed = [simulate(a) for a in arrays]
+    p = projections(lay, simmed)
+    bad = bad_chips(p, step, lay, margin)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return arrays, 0
+    need = error_to_target(p, step, lay)  # signed projection change wanted per chip
+    parts = []
+    for t, (a, c, s) in enumerate(zip(arrays, lay.chips, lay.signs, strict=True)):
+        flat = a.reshape(-1)
+        limit = 0.99 * float(np.max(np.abs(flat)))  # never touch the max: it sets the INT8 scale
+        sel = np.flatnonzero(bad[c] & ~frozen[t].reshape(-1) & (np.abs(flat) < limit))
+        if sel.size == 0:
+            continue
+        up_step, up_cost, down_step, down_cost = neighbours(flat[sel], flat)
+        ch = c[sel]
+        up = (need[ch] * s[sel]) > 0  # does moving this weight up raise its chip's projection?
+        move = np.where(up, up_step, down_step)
+        cost = np.where(up, up_cost, down_cost)
+        std = tensor_scale(simmed[t])
+        gain = move / (std * np.sqrt(lay.sizes[ch]))
+        ok = (gain > 0) & (gain < 2 * np.abs(need[ch]))  # a flip must not overshoot past the target
+        sign = np.where(up, 1.0, -1.0)
+        delta = sign * (cost + 0.05 * move)  # land 5% of a level past the boundary
+        ps = 1.0 if price_scale is None else float(price_scale[t])
+        price = ps * (cost / std) / gain
+        parts.append((np.full(int(ok.sum()), t), sel[ok], ch[ok], gain[ok], price[ok], delta[ok]))
+    if not parts:
+        return arrays, n_bad
+    tt, idx, ch, gain, price, delta = (np.concatenate(v) for v in zip(*parts, strict=True))
+    order = np.lexsort((price, ch))
+    ch_o, gain_o = ch[order], gain[order]
+    cum = np.cumsum(gain_o)
+    first = np.searchsorted(ch_o, ch_o, side="left")
+    before = cum - gain_o - np.where(first > 0, cum[np.maximum(first - 1, 0)], 0.0)
+    take = order[before + gain_o / 2 < np.abs(need[ch_o])]  # stop at the flip that lands nearest
+    out = [a.copy() for a in arrays]
+    for t in np.unique(tt[take]):
+        m = take[tt[take] == t]
+        flat = out[t].reshape(-1)
+        flat[idx[m]] += delta[m].astype(np.float32)
+    return out, n_bad
