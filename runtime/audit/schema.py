@@ -67,8 +67,15 @@ class AuditSchemaError(AuditIntegrityError):
     """The file is an audit log but tables or metadata were removed."""
 
 
+class NotAnAuditLogError(StoreError):
+    """The path is missing, not SQLite, or a SQLite file of another kind."""
+
+    code = "not_an_audit_log"
+    exit_code = 2
+
+
 def _not_audit(path: Path, why: str) -> StoreError:
-    return StoreError(f"{path} is not a sealinfer audit log ({why}).",
+    return NotAnAuditLogError(f"{path} is not a sealinfer audit log ({why}).",
                       hint="Pass the audit.db the runtime writes (policy profile: audit section).")
 
 
@@ -113,7 +120,7 @@ def connect(path: str | os.PathLike[str], *, readonly: bool) -> sqlite3.Connecti
     p = Path(path)
     if readonly:
         if not p.is_file():
-            raise StoreError(f"Audit log {p} does not exist.", hint="Check the --db path.")
+            raise NotAnAuditLogError(f"Audit log {p} does not exist.", hint="Check the --db path.")
         try:  # read-only still needs the WAL index; fall back to a normal open if the folder allows it
             conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()

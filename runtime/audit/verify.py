@@ -10,8 +10,11 @@ reported as *not independently trusted*).
 from __future__ import annotations
 
 import hashlib
+import itertools
+import multiprocessing
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -54,15 +57,25 @@ class VerifyResult:
                 f"({trust}), {self.covered} records covered by a signed checkpoint")
 
 
-def walk(rows: Iterable[tuple[int, bytes, bytes, bytes]], genesis: bytes
-          ) -> tuple[list[bytes], tuple[int, str] | None, bytes]:
-    """Recompute every entry hash; return (leaves, first chain problem, last stored entry hash)."""
+def walk(rows: Iterable[tuple[int, bytes, bytes, bytes]], genesis: bytes | None, start: int = 1
+         ) -> tuple[list[bytes], tuple[int, str] | None, bytes]:
+    """Recompute every entry hash; return (leaves, first chain problem, last stored entry hash).
+
+    ``genesis`` is the prev_hash the first record must carry; None accepts the first record's own
+    (a later range of a split verification; the caller checks that link).
+    """
     sha = hashlib.sha256
     leaves: list[bytes] = []
     append = leaves.append
-    prev, expected = genesis, 1
-    problem: tuple[int, str] | None = None
     it = iter(rows)
+    prev, expected = genesis, start
+    problem: tuple[int, str] | None = None
+    if prev is None:
+        first = next(it, None)
+        if first is None:
+            return leaves, None, b""
+        prev = _b(first[2])
+        it = itertools.chain([first], it)
     for seq, body, prev_hash, entry_hash in it:
         if seq != expected or prev_hash != prev:
             if seq != expected:
@@ -89,6 +102,67 @@ def walk(rows: Iterable[tuple[int, bytes, bytes, bytes]], genesis: bytes
     return leaves, problem, prev
 
 
+_SELECT_RANGE = ("SELECT seq, CAST(body AS BLOB), prev_hash, entry_hash FROM audit_events "
+                 "WHERE seq > ? AND seq <= ? ORDER BY seq")
+_PARALLEL_MIN = 200_000  # below this a second process costs more than it saves
+
+
+def _walk_range(db_path: str | os.PathLike[str], lo: int, hi: int, genesis: bytes | None, start: int
+                ) -> tuple[list[bytes], tuple[int, str] | None, bytes, bytes | None]:
+    conn = schema.connect(db_path, readonly=True)
+    try:
+        first = conn.execute("SELECT prev_hash FROM audit_events WHERE seq > ? ORDER BY seq LIMIT 1", [lo]).fetchone()
+        leaves, problem, last = walk(conn.execute(_SELECT_RANGE, [lo, hi]), genesis, start)
+    finally:
+        conn.close()
+    return leaves, problem, last, _b(first[0]) if first else None
+
+
+def _child(db_path: str, lo: int, hi: int, pipe: Any) -> None:
+    try:
+        leaves, problem, last, first_prev = _walk_range(db_path, lo, hi, None, lo + 1)
+        pipe.send((b"".join(leaves), len(leaves), problem, last, first_prev))
+    except BaseException as exc:  # reported, and the parent falls back to one process
+        pipe.send(exc)
+    finally:
+        pipe.close()
+
+
+def _read_chain(db_path: str | os.PathLike[str], genesis: bytes, last_seq: int
+                ) -> tuple[list[bytes], tuple[int, str] | None, bytes]:
+    """Walk the chain; on a big log and a free second core, the upper half is hashed in a forked process."""
+    bottom, top = -(1 << 63), (1 << 63) - 1
+    parallel = (last_seq >= _PARALLEL_MIN and (os.cpu_count() or 1) >= 2 and threading.active_count() == 1
+                and "fork" in multiprocessing.get_all_start_methods())
+    if not parallel:
+        leaves, problem, last, _ = _walk_range(db_path, bottom, top, genesis, 1)
+        return leaves, problem, last
+    mid = last_seq // 2
+    ctx = multiprocessing.get_context("fork")  # only with no other thread alive (checked above)
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(str(db_path), mid, top, sender), daemon=True)
+    child.start()
+    sender.close()
+    leaves, problem, last, _ = _walk_range(db_path, bottom, mid, genesis, 1)
+    try:
+        message = receiver.recv()
+    except EOFError:
+        message = RuntimeError("verification worker exited")
+    child.join()
+    if isinstance(message, BaseException):
+        leaves, problem, last, _ = _walk_range(db_path, bottom, top, genesis, 1)
+        return leaves, problem, last
+    buf, count, upper_problem, upper_last, first_prev = message
+    if count:
+        if problem is None and first_prev != last:
+            problem = (mid + 1, f"record {mid + 1}: prev_hash does not match the hash of record {mid}: the chain "
+                                "is broken (a record was inserted, removed, reordered or altered)")
+        problem = problem or upper_problem
+        leaves.extend(buf[i:i + 32] for i in range(0, len(buf), 32))
+        last = upper_last
+    return leaves, problem, last
+
+
 def _b(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -109,17 +183,16 @@ def verify_log(
     """
     conn, log_id = schema.open_readonly(db_path)
     try:
-        rows = conn.execute(
-            "SELECT seq, CAST(body AS BLOB), prev_hash, entry_hash FROM audit_events ORDER BY seq")
-        try:
-            leaves, chain_problem, head = walk(rows, schema.genesis_hash(log_id))
-        except sqlite3.DatabaseError as exc:
-            return _failed(log_id, f"the database file is corrupt ({exc})")
+        last_seq = conn.execute("SELECT max(seq) FROM audit_events").fetchone()[0] or 0
         keys = {k: bytes(v) for k, v in conn.execute("SELECT key_id, public_key FROM audit_keys")}
         stored = [Checkpoint(log_id, int(r[0]), _b(r[1]), str(r[2]), str(r[3]), _b(r[4])) for r in conn.execute(
             "SELECT tree_size, root, time, key_id, signature FROM audit_checkpoints ORDER BY tree_size")]
     finally:
         conn.close()
+    try:
+        leaves, chain_problem, head = _read_chain(db_path, schema.genesis_hash(log_id), last_seq)
+    except sqlite3.DatabaseError as exc:
+        return _failed(log_id, f"the database file is corrupt ({exc})")
     return assess(log_id, leaves, chain_problem, head, keys, stored, trust_store, external_checkpoints)
 
 

@@ -1,6 +1,6 @@
 """``sealinfer audit ...`` (verify, prove, consistency, export, checkpoints) and ``sealinfer report``.
 
-Exit codes: 0 verified with trusted keys; 1 integrity FAILED; 2 bad arguments or not an audit log;
+Exit codes: 0 verified with trusted keys; 1 integrity FAILED; 2 bad arguments, missing file or not an audit log;
 4 chain intact but checkpoint keys not independently trusted (pass --keyring or --trusted-key, or
 accept with --allow-untrusted); 5 report written but the period holds no audit records.
 """
