@@ -79,7 +79,7 @@ class DPStatistics:
         data = _floats(values)
 
         def build(s: float) -> Any:
-            # Each half gets noise for its own sensitivity: 1 for the count, max(|lo|, |hi|) for the sum.
+            # Noise in proportion to each part's sensitivity (count: 1, sum: ~max(|lo|, |hi|)) splits epsilon ~evenly.
             total = _clamped_sum(dp, lo, hi) >> dp.m.then_laplace(scale=s * max(abs(lo), abs(hi), 1e-12))
             n = (dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance()) \
                 >> dp.t.then_count() >> dp.m.then_laplace(scale=s)
@@ -175,6 +175,9 @@ def _calibrate(key: tuple[Any, ...], build: Callable[[float], Any], epsilon: flo
     meas = build(scale)
     if not meas.map(1) <= epsilon:  # binary_search_param promises this; check it, since the ledger relies on it
         raise PrivacyParameterError(f"could not calibrate noise for epsilon={epsilon:g}.", hint="Use a larger epsilon.")
+    if len(_CALIBRATED) >= _CALIBRATED_MAX:
+        _CALIBRATED.clear()
+    _CALIBRATED[cache_key] = (meas, scale)
     return meas, scale
 
 
