@@ -132,6 +132,8 @@ def create_inference_session(
 ) -> ort.InferenceSession:
     so = model.session_options(session_options)
     try:
+        if providers is None and so.has_providers():  # devices added through add_provider_for_devices
+            return ort.InferenceSession(model.graph_bytes(), sess_options=so)
         return ort.InferenceSession(
             model.graph_bytes(), sess_options=so, providers=providers or ["CPUExecutionProvider"]
         )

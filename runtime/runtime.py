@@ -57,6 +57,7 @@ class Runtime:
         *,
         audit_db: str | os.PathLike[str] | None = None,
         telemetry_db: str | os.PathLike[str] | None = None,
+        devices: str | os.PathLike[str] | Sequence[Any] | None = None,
         providers: Sequence[KeyProvider] = (),
         passphrase: str | None = None,
     ) -> None:
@@ -73,9 +74,12 @@ class Runtime:
         self._lock = threading.Lock()
         self._ctx: SecurityContext | None = None
         self.profile: PolicyProfile | None = None
+        self._placer: Any = None
+        self._placement_policy: Any = None
         if policy is not None:
             self._ctx = self._security_context(policy, audit_db, telemetry_db)
             self.profile = self._ctx.profile
+            self._init_scheduler(devices)
         elif audit_db is not None or telemetry_db is not None:
             raise ConfigurationError(
                 "audit_db and telemetry_db need a policy profile.", hint="Pass policy='hipaa' (or 'dev')."
@@ -107,6 +111,42 @@ class Runtime:
         telemetry = TelemetryStore(telemetry_db) if telemetry_db is not None else None
         _, hmac_key = self.keyring.secret("audit-hmac")
         return SecurityContext(profile, authorizer, audit, hmac_key, telemetry)
+
+    def _init_scheduler(self, devices: Any) -> None:
+        """Devices are described, not guessed: discovery merged with the operator's descriptor file.
+
+        Discovered devices are never attested, so a profile that keeps PHI on attested hardware
+        refuses PHI models until an operator declares which device is (``devices=FILE``).
+        """
+        from sealinfer.runtime.scheduler import PlacementPolicy, Placer, discover_devices, load_devices
+
+        assert self.profile is not None
+        discovered = discover_devices()
+        if devices is None:
+            found = discovered
+        elif isinstance(devices, str | os.PathLike):
+            found = discover_devices(extra=load_devices(devices, base={d.id: d for d in discovered}))
+        else:
+            found = list(devices)
+        self.devices = found
+        self._placer = Placer(found)
+        self._placement_policy = PlacementPolicy.from_profile_dict(self.profile.raw)
+
+    def place(self, manifest: dict[str, Any], *, batch: int = 1, priority: str = "routine") -> Any:
+        """Where this profile would run the model of ``manifest`` (raises ``PlacementError`` if nowhere)."""
+        from sealinfer.runtime.scheduler import ModelFeatures
+        from sealinfer.runtime.scheduler.features import MissingFeaturesError
+
+        cost = manifest.get("cost")
+        if not cost:
+            raise MissingFeaturesError(
+                "The artifact's manifest has no cost features, so it cannot be placed.",
+                hint="Re-seal it with this version of sealinfer (features are computed at compile time).",
+            )
+        features = ModelFeatures.from_dict(cost)
+        return self._placer.place(
+            features, self._placement_policy, phi=bool(manifest.get("phi", True)), batch=batch, priority=priority
+        )
 
     @property
     def audit_log(self) -> Any:
@@ -207,6 +247,14 @@ class Runtime:
                     hint="Load it as a role the policy allows (e.g. a service account for treatment).",
                     decision=decision,
                 )
+            placement = self.place(manifest)
+            details["placement"] = placement.explanation
+            device = details["device"] = placement.device.id
+            if session_options is None and providers is None:
+                from sealinfer.runtime.scheduler import session_options_for
+
+                session_options, chosen = session_options_for(placement.device)
+                providers = chosen or None
             data_key = artifact.unwrap_data_key(self._providers, revoked=self.keyring.is_revoked)
             decrypted = open_decrypted(artifact, data_key, progress=progress)
             try:
@@ -214,7 +262,6 @@ class Runtime:
             except BaseException:
                 decrypted.close()
                 raise
-            device = "cpu"
             session = self._session(
                 artifact,
                 decrypted,
@@ -309,7 +356,7 @@ class Runtime:
             reasons=reasons,
             outcome="ok" if error is None else ("denied" if error.code in ("denied", "unknown_principal") else "error"),
             error_code=None if error is None else error.code,
-            device="cpu" if error is None else None,
+            device=details.get("device") if error is None else None,
             details=details,
         )
         receipt = ctx.audit.append(event)

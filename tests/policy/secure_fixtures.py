@@ -31,9 +31,19 @@ def certificate(model_path: Path, *, sigma: float = 1.3, q: float = 0.004, steps
     }
 
 
+ATTESTED_CPU = """\
+# The operator's statement: this host's CPU is attested, on-prem hardware (the scheduler cannot know).
+devices:
+  - id: cpu0
+    attested: true
+    location: on_prem
+"""
+
+
 @dataclass
 class Sealed:
     keyring: Keyring
+    devices: Path
     hipaa: Path
     hipaa_non_phi: Path
     dev: Path
@@ -77,8 +87,10 @@ def sealed(tmp_path_factory: pytest.TempPathFactory) -> Sealed:
     ring = Keyring.create(tmp / "kr", "pw", scrypt_n=2**10)
     src = models.save(models.mlp(30, 512, 64, seed=5), tmp / "sepsis.onnx")
     cert = certificate(src)
+    (tmp / "devices.yaml").write_text(ATTESTED_CPU)
     return Sealed(
         keyring=ring,
+        devices=tmp / "devices.yaml",
         hipaa=seal_for(ring, src, tmp / "hipaa.sealed", "hipaa", cert=cert),
         hipaa_non_phi=seal_for(ring, src, tmp / "non-phi.sealed", "hipaa", phi=False, cert=cert),
         dev=seal_for(ring, src, tmp / "dev.sealed", "dev", mark=False),

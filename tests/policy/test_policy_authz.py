@@ -156,8 +156,10 @@ def test_new_policy_version_invalidates_cached_decisions():
     caller = who("researcher", "research")
     assert authz.authorize(caller, "report", DEID).policy_ids == ("deny-by-default",)
     assert authz.authorize(caller, "report", DEID).cached
-    extra = '\n@id("researcher-report")\npermit (principal, action == Action::"report", resource)\n' \
-            'when { principal.role == "researcher" };\n'
+    extra = (
+        '\n@id("researcher-report")\npermit (principal, action == Action::"report", resource)\n'
+        'when { principal.role == "researcher" };\n'
+    )
     authz.reload(SHIPPED + extra, policy_version="2026.2")
     decision = authz.authorize(caller, "report", DEID)
     assert decision.allowed and not decision.cached
@@ -209,8 +211,9 @@ def test_invalid_policy_text_is_a_policy_error():
     with pytest.raises(PolicyError, match="do not parse"):
         Authorizer("permit (principal, action, resource) when {", policy_version="x")
     with pytest.raises(PolicyError, match=r"\[typo\].*rol"):
-        Authorizer('@id("typo")\npermit (principal, action, resource) when { principal.rol == "x" };',
-                   policy_version="x")
+        Authorizer(
+            '@id("typo")\npermit (principal, action, resource) when { principal.rol == "x" };', policy_version="x"
+        )
     with pytest.raises(PolicyError, match="do not validate"):
         Authorizer('permit (principal, action == Action::"export", resource);', policy_version="x")
     with pytest.raises(PolicyError, match="schema does not parse"):
@@ -237,8 +240,11 @@ def test_a_forbid_that_fails_to_evaluate_denies():
 
 def test_eight_threads_share_one_authorizer():
     authz = Authorizer(policy_version="v1", cache_size=64)
-    callers = [who(r, p, user=f"{r}-{i}") for i in range(4) for r, p in
-               [("clinician", "treatment"), ("researcher", "research"), ("service", "operations")]]
+    callers = [
+        who(r, p, user=f"{r}-{i}")
+        for i in range(4)
+        for r, p in [("clinician", "treatment"), ("researcher", "research"), ("service", "operations")]
+    ]
     expected = {c: authz.authorize(c, "infer", PHI).allowed for c in callers}
     errors: list[BaseException] = []
     barrier = threading.Barrier(8)

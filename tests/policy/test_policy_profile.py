@@ -152,8 +152,10 @@ def test_missing_key_and_missing_section_are_reported(tmp_path):
 
 
 def test_out_of_range_values_are_rejected(tmp_path):
-    text = shipped_text("hipaa").replace("max_epsilon: 8.0", "max_epsilon: -1").replace(
-        "round_decimals: 4", "round_decimals: 99"
+    text = (
+        shipped_text("hipaa")
+        .replace("max_epsilon: 8.0", "max_epsilon: -1")
+        .replace("round_decimals: 4", "round_decimals: 99")
     )
     with pytest.raises(ProfileValidationError) as info:
         load_profile(write(tmp_path, text))

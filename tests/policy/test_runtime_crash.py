@@ -21,7 +21,7 @@ CHILD = textwrap.dedent(
     import numpy as np
     from sealinfer.runtime import Caller, Runtime
     from sealinfer.runtime.keys.keyring import Keyring
-    rt = Runtime(Keyring.open(sys.argv[1], "pw"), "hipaa", audit_db=sys.argv[3])
+    rt = Runtime(Keyring.open(sys.argv[1], "pw"), "hipaa", audit_db=sys.argv[3], devices=sys.argv[4])
     svc = Caller("svc-ward7", "service", "treatment")
     doc = Caller("dr.grey", "clinician", "treatment")
     x = np.ones((1, 30), np.float32)
@@ -53,7 +53,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_audit_record(tmp_path: Path, sea
     for attempt in range(5):
         loads_before, runs_before = _counts(db)
         proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(sealed.keyring.path), str(sealed.hipaa), str(db)],
+            [sys.executable, "-c", CHILD, str(sealed.keyring.path), str(sealed.hipaa), str(db), str(sealed.devices)],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -35,7 +35,13 @@ def rows(db: Path, sql: str) -> list[tuple]:
 
 @pytest.fixture
 def rt(tmp_path: Path, sealed: Sealed):
-    runtime = Runtime(sealed.keyring, "hipaa", audit_db=tmp_path / "audit.db", telemetry_db=tmp_path / "tel.db")
+    runtime = Runtime(
+        sealed.keyring,
+        "hipaa",
+        audit_db=tmp_path / "audit.db",
+        telemetry_db=tmp_path / "tel.db",
+        devices=sealed.devices,
+    )
     yield runtime
     runtime.close()
 
@@ -100,7 +106,7 @@ def test_load_denials_are_audited(tmp_path: Path, rt: Runtime, sealed: Sealed):
 
 def test_epsilon_above_the_profile_limit_is_refused(tmp_path: Path, sealed: Sealed):
     strict = hipaa_variant(privacy={"max_epsilon": 0.5})
-    with Runtime(sealed.keyring, strict, audit_db=tmp_path / "a.db") as rt:
+    with Runtime(sealed.keyring, strict, audit_db=tmp_path / "a.db", devices=sealed.devices) as rt:
         with pytest.raises(CertificateError, match="exceeds profile 'hipaa'"):
             rt.load(sealed.hipaa, caller=SERVICE)
 
@@ -141,7 +147,7 @@ def test_bad_inputs_are_typed_errors_and_audited(tmp_path: Path, rt: Runtime, se
 
 def test_query_rate_limit_against_model_extraction(tmp_path: Path, sealed: Sealed):
     limited = hipaa_variant(outputs={"max_queries_per_minute": 3})
-    with Runtime(sealed.keyring, limited, audit_db=tmp_path / "a.db") as rt:
+    with Runtime(sealed.keyring, limited, audit_db=tmp_path / "a.db", devices=sealed.devices) as rt:
         session = rt.load(sealed.hipaa, caller=SERVICE)
         for _ in range(3):
             session.run({"input": X}, caller=CLINICIAN)
@@ -184,14 +190,20 @@ def test_cache_invalidated_when_the_policy_version_changes(rt: Runtime, sealed: 
 
 
 def test_dev_profile_serves_unwatermarked_models(tmp_path: Path, sealed: Sealed):
-    with Runtime(sealed.keyring, "dev", audit_db=tmp_path / "a.db") as rt:
+    with Runtime(sealed.keyring, "dev", audit_db=tmp_path / "a.db", devices=sealed.devices) as rt:
         out = rt.load(sealed.dev, caller=SERVICE).run({"input": X}, caller=CLINICIAN)
     assert out["probabilities"].shape == (4, 64)
 
 
 def test_eight_threads_times_2000_calls_lose_no_audit_or_telemetry_row(tmp_path: Path, sealed: Sealed):
     profile = hipaa_variant(outputs={"max_queries_per_minute": None})
-    rt = Runtime(sealed.keyring, profile, audit_db=tmp_path / "audit.db", telemetry_db=tmp_path / "tel.db")
+    rt = Runtime(
+        sealed.keyring,
+        profile,
+        audit_db=tmp_path / "audit.db",
+        telemetry_db=tmp_path / "tel.db",
+        devices=sealed.devices,
+    )
     session = rt.load(sealed.hipaa, caller=SERVICE)
     done = [0] * 8
     errors: list[BaseException] = []
@@ -216,3 +228,24 @@ def test_eight_threads_times_2000_calls_lose_no_audit_or_telemetry_row(tmp_path:
     assert rows(tmp_path / "audit.db", "SELECT count(*) FROM audit_events WHERE action = 'infer'") == [(16000,)]
     assert rows(tmp_path / "tel.db", "SELECT count(*) FROM requests") == [(16000,)]
     assert verify_log(tmp_path / "audit.db", sealed.keyring.trust_store()).ok
+
+
+def test_phi_is_refused_without_an_attested_device_and_the_placement_is_audited(tmp_path: Path, sealed: Sealed):
+    from sealinfer.runtime.errors import PlacementError
+
+    with Runtime(sealed.keyring, "hipaa", audit_db=tmp_path / "a.db") as rt:  # discovered devices only
+        with pytest.raises(PlacementError, match="attested"):
+            rt.load(sealed.hipaa, caller=SERVICE)
+        session = rt.load(sealed.hipaa_non_phi, caller=SERVICE)  # non-PHI may run on the plain CPU
+        assert session.device == "cpu0"
+    placed = rows(
+        tmp_path / "a.db",
+        "SELECT error_code, device, json_extract(body, '$.details.placement.rejected') FROM audit_events ORDER BY seq",
+    )
+    assert placed[0][0] == "no_compliant_device" and placed[1][1] == "cpu0"
+    with Runtime(sealed.keyring, "hipaa", audit_db=tmp_path / "b.db", devices=sealed.devices) as rt:
+        assert rt.load(sealed.hipaa, caller=SERVICE).device == "cpu0"
+    explanation = rows(
+        tmp_path / "b.db", "SELECT json_extract(body, '$.details.placement.chosen.device') FROM audit_events"
+    )
+    assert explanation == [("cpu0",)]

@@ -1,0 +1,113 @@
+"""Per-call cost of the security pipeline: plain onnxruntime vs sealinfer session.run, interleaved.
+
+    python benchmarks/overhead.py [--calls 10000]
+
+For (a) a tiny MLP and (b) a model of a few ms per call, alternates one plain
+``InferenceSession.run`` with one ``SealedSession.run`` under the HIPAA profile (Cedar authorization,
+input validation, output rounding, audit with group commit in ``process`` durability, telemetry), so
+machine noise hits both equally. Prints p50/p99 of each and their ratio.
+
+The HIPAA profile's per-caller query-rate limit (600/min) is switched off here, or the benchmark's
+single caller would be throttled; watermark and DP requirements are load-time only and are also off,
+so a random-weight model can be used. Targets (issue 5): added p50 <= 50 µs on the tiny model;
+p50 ratio <= 1.03 on the few-ms model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+import numpy as np
+import onnxruntime as ort
+import yaml
+
+from sealinfer.runtime import Caller, Runtime, SealOptions, seal_model
+from sealinfer.runtime.keys.keyring import Keyring
+from sealinfer.runtime.policy.profile import parse_profile, shipped_resource_text
+from sealinfer.tests import models
+
+
+def bench_profile() -> object:
+    raw = yaml.safe_load(shipped_resource_text("hipaa.yaml"))
+    raw["outputs"]["max_queries_per_minute"] = None
+    raw["watermark"]["required"] = False
+    raw["watermark"]["verify_on_load"] = False
+    raw["privacy"]["require_certificate"] = False
+    return parse_profile(yaml.safe_dump(raw), source="hipaa (benchmark variant)")
+
+
+def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarray, calls: int) -> None:
+    plain = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    session = rt.load(sealed, caller=Caller("svc-bench", "service", "treatment"))
+    doctor = Caller("dr.bench", "clinician", "treatment", tenant="ward7")
+    name = plain.get_inputs()[0].name
+    feeds = {name: x}
+    for _ in range(200):  # warm-up: caches, allocator, decision cache
+        plain.run(None, feeds)
+        session.run(feeds, caller=doctor)
+    tp = np.empty(calls)
+    ts = np.empty(calls)
+    clock = time.perf_counter_ns
+    for i in range(calls):
+        t0 = clock()
+        plain.run(None, feeds)
+        t1 = clock()
+        session.run(feeds, caller=doctor)
+        t2 = clock()
+        tp[i] = (t1 - t0) / 1e3
+        ts[i] = (t2 - t1) / 1e3
+    p50p, p99p = np.percentile(tp, [50, 99])
+    p50s, p99s = np.percentile(ts, [50, 99])
+    print(f"\n{label} ({calls} calls each, interleaved)")
+    print(f"  {'':34} {'p50 µs':>10} {'p99 µs':>10}")
+    print(f"  {'plain InferenceSession.run':34} {p50p:10.1f} {p99p:10.1f}")
+    print(f"  {'sealinfer session.run (HIPAA)':34} {p50s:10.1f} {p99s:10.1f}")
+    print(f"  added p50 {p50s - p50p:+.1f} µs, p50 ratio {p50s / p50p:.3f}, p99 ratio {p99s / p99p:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=10_000)
+    args = ap.parse_args()
+    profile = bench_profile()
+    with tempfile.TemporaryDirectory(prefix="sealinfer-overhead-") as tmp:
+        work = Path(tmp)
+        ring = Keyring.create(work / "kr", "bench", scrypt_n=2**14)
+        tiny = models.save(models.mlp(30, 64, 2), work / "tiny.onnx")
+        big = models.save(models.wide_model(3 * 4 << 20), work / "big.onnx")
+        for src in (tiny, big):
+            seal_model(
+                src, src.with_suffix(".sealed"), keyring=ring, options=SealOptions(policy_profile="hipaa", phi=True)
+            )
+        devices = work / "devices.yaml"
+        devices.write_text("devices:\n  - id: cpu0\n    attested: true\n")  # operator's statement, as in the demo
+        with Runtime(
+            ring, profile, audit_db=work / "audit.db", telemetry_db=work / "telemetry.db", devices=devices
+        ) as rt:
+            print("profile: hipaa, audit durability 'process', telemetry on, output rounding on, rate limit off")
+            measure(
+                "(a) tiny MLP 30-64-2, batch 1",
+                tiny,
+                tiny.with_suffix(".sealed"),
+                rt,
+                np.random.default_rng(0).standard_normal((1, 30)).astype(np.float32),
+                args.calls,
+            )
+            measure(
+                "(b) 3 x 1024x1024 MatMul, batch 48",
+                big,
+                big.with_suffix(".sealed"),
+                rt,
+                np.random.default_rng(0).standard_normal((48, 1024)).astype(np.float32),
+                args.calls,
+            )
+
+
+if __name__ == "__main__":
+    main()
