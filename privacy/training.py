@@ -76,8 +76,9 @@ def train_dp(
 
     The caller's module is not modified: a copy is trained and returned as ``torch_model``.
     Poisson sampling draws each record with probability ``1 / ceil(len(X_train) / batch_size)`` at
-    every step (Opacus's rule), so ``batch_size`` is roughly the expected batch size. ``torch_threads`` sets torch's intra-op threads for
-    the call (restored afterwards); 1 is much faster for small tabular models on a busy machine.
+    every step (Opacus's rule), so ``batch_size`` is roughly the expected batch size.
+    ``torch_threads`` sets torch's intra-op threads for the call (restored afterwards); 1 is much
+    faster for small tabular models on a busy machine.
     """
     with _torch_threads(torch_threads):
         return _train_dp(

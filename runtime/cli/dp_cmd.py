@@ -187,10 +187,10 @@ def query(ledger_path: Path, dataset: str, data_path: Path, kind: str, column: s
     rows = _read_csv(data_path)
     if kind != "count" and column is None:
         raise ConfigurationError(f"--kind {kind} needs --column.", hint="Name the CSV column to aggregate.")
-    values: list[Any] = [row[column] for row in rows] if column else [True] * len(rows)
     if column and rows and column not in rows[0]:
         raise ConfigurationError(f"{data_path} has no column {column!r}.",
                                  hint=f"Columns: {', '.join(rows[0])}.")
+    values: list[Any] = [row[column] for row in rows] if column else [True] * len(rows)
     with BudgetLedger(ledger_path) as ledger:
         stats_ = DPStatistics(ledger, dataset)
         if kind == "count":

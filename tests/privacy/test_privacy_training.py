@@ -73,7 +73,9 @@ def test_callers_model_is_untouched(cancer):
 
 def _bn_model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    return torch.nn.Sequential(
+        torch.nn.Linear(30, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 2)
+    )
 
 
 def test_batchnorm_is_rejected_when_fixing_is_off(cancer):
