@@ -7,8 +7,10 @@ import onnx
 from sealinfer.watermark.errors import NoFloatWeightsError
 from sealinfer.watermark.graph import WeightSet, read_weights
 
-STRENGTH = 4.0e-4  # spread channel, per-weight rms change in tensor-std units at full strength
-STRENGTH_LEVELS = (1.0, 0.5, 0.25)  # embed backs off through these; detect tries each (Bonferroni)
+STRENGTH = 2.0e-4  # spread channel: per-weight rms change, in tensor-std units, at level 1
+# Embed uses the strongest level whose output change stays within half the bound (else the strongest
+# within the bound): a stronger mark survives more noise. Detect tries each level (Bonferroni).
+STRENGTH_LEVELS = (8.0, 4.0, 2.0, 1.0, 0.5)
 
 
 def carriers(model: onnx.ModelProto) -> WeightSet:

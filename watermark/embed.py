@@ -18,6 +18,7 @@ from sealinfer.watermark.report import DEFAULT_THRESHOLD_P, FidelityReport, Rece
 
 NUDGE_MARGIN = 0.05  # fraction of a lattice cell kept free after simulated FP16/INT8 rounding
 NUDGE_ROUNDS = 10
+TARGET_SHARE = 0.5  # aim for half the fidelity bound on probes: real data may differ from probes
 MAX_PROBED_TENSORS = 64  # beyond this, per-tensor sensitivity probing costs more than it saves
 MAX_PROBED_WEIGHTS = 20_000_000
 
@@ -68,6 +69,8 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
     share, price = _tensor_weights(runner, reference, ws.arrays, n_probes, probe_kind)
 
     best: FidelityReport | None = None
+    fallback: tuple[list[np.ndarray], list[str], FidelityReport, float] | None = None
+    chosen = None
     for level in STRENGTH_LEVELS:
         strength = STRENGTH * level
         arrays, survived = _mark(ws.arrays, lay, strength, pairs, codes, frame, protect_canon, protect_raw,
@@ -75,29 +78,37 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
         report = compare(reference, runner.run(arrays), n_probes, probe_kind)
         if best is None or report.max_relative_change < best.max_relative_change:
             best = report
-        if report.max_relative_change <= max_relative_change:
-            marked = write_weights(model, ws.refs, arrays)
-            receipt = Receipt(
-                scheme=SCHEME,
-                payload_sha256=hashlib.sha256(payload).hexdigest(),
-                payload_length=len(payload),
-                n_bits=codec.PAYLOAD_BITS,
-                threshold_p=DEFAULT_THRESHOLD_P,
-                tensors=[r.init_name for r in ws.refs],
-                chips_per_bit=lay.repeats,
-                strength={"spread_rms": strength, "lattice_step": lattice.STEP},
-                fidelity=report,
-                n_weights=n_weights,
-                hidden_layers=len(pairs),
-                survives_simulated=survived,
-            )
-            return marked, receipt
-    assert best is not None
-    raise FidelityError(
-        f"Even the weakest mark changes outputs by {best.max_relative_change:.2e} (relative), above the "
-        f"requested {max_relative_change:.2e}.",
-        hint="Allow a larger max_relative_change, or pass probe_inputs drawn from the real input distribution.",
+        if report.max_relative_change <= max_relative_change * TARGET_SHARE:
+            chosen = (arrays, survived, report, strength)
+            break
+        if report.max_relative_change <= max_relative_change and (
+                fallback is None or report.max_relative_change < fallback[2].max_relative_change):
+            fallback = (arrays, survived, report, strength)  # within the bound: keep the gentlest
+    chosen = chosen or fallback
+    if chosen is None:
+        assert best is not None
+        raise FidelityError(
+            f"Even the weakest mark changes outputs by {best.max_relative_change:.2e} (relative), above the "
+            f"requested {max_relative_change:.2e}.",
+            hint="Allow a larger max_relative_change, or pass probe_inputs drawn from the real input distribution.",
+        )
+    arrays, survived, report, strength = chosen
+    marked = write_weights(model, ws.refs, arrays)
+    receipt = Receipt(
+        scheme=SCHEME,
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        payload_length=len(payload),
+        n_bits=codec.PAYLOAD_BITS,
+        threshold_p=DEFAULT_THRESHOLD_P,
+        tensors=[r.init_name for r in ws.refs],
+        chips_per_bit=lay.repeats,
+        strength={"spread_rms": strength, "lattice_step": lattice.STEP},
+        fidelity=report,
+        n_weights=n_weights,
+        hidden_layers=len(pairs),
+        survives_simulated=survived,
     )
+    return marked, receipt
 
 
 def _tensor_weights(runner: ProbeRunner, reference: list[np.ndarray], arrays: list[np.ndarray], n_probes: int,
@@ -151,10 +162,12 @@ def _mark(arrays0: list[np.ndarray], lay: spread.SpreadLayout, strength: float, 
 def _settle(lay: spread.SpreadLayout, arrays: list[np.ndarray], step: np.ndarray, protect_raw: list[np.ndarray],
             share: np.ndarray | None, price: np.ndarray | None, *, fix_float: bool) -> list[np.ndarray]:
     """Nudge until every chip decodes with margin in float32 and after simulated FP16 and INT8."""
+    history: list[int] = []
+    no_flip = [m.copy() for m in protect_raw]
     for _ in range(NUDGE_ROUNDS):
         failing = 0
         for sim in SIMULATORS:
-            arrays, n_bad = spread.nudge(lay, arrays, sim, step, NUDGE_MARGIN, protect_raw, price)
+            arrays, n_bad = spread.nudge(lay, arrays, sim, step, NUDGE_MARGIN, no_flip, price)
             failing += n_bad
         if fix_float:
             p = spread.projections(lay, arrays)
@@ -163,6 +176,7 @@ def _settle(lay: spread.SpreadLayout, arrays: list[np.ndarray], step: np.ndarray
                 failing += int(bad.sum())
                 moves = np.where(bad, spread.error_to_target(p, step, lay), 0.0)
                 arrays = spread.apply_moves(lay, arrays, moves, protect_raw, share)
-        if failing == 0:
-            break
+        history.append(failing)
+        if failing == 0 or (len(history) > 3 and history[-1] >= history[-3]):
+            break  # converged, or stuck: stop before flips start to cost fidelity
     return arrays

@@ -22,8 +22,12 @@ import numpy as np
 from sealinfer.watermark.keys import rng
 from sealinfer.watermark.quant import SIMULATORS
 
-N_PILOT = 64
+N_PILOT = 256  # large models: more pilots = more evidence per weight under heavy noise
 REPEATS = 3
+SMALL_PILOT = 64
+LARGE_MODEL = 1_000_000
+MAX_NUDGE_PRICE = 3.0  # relative to the median tensor's per-weight output sensitivity
+MAX_FLIP_COST = 0.25  # of a rounding level
 MIN_CHIP = 24  # weights per chip below which the per-weight change would not stay small
 
 
@@ -43,8 +47,20 @@ class SpreadLayout:
         return self.sizes.size
 
 
+def chip_plan(n_weights: int) -> tuple[int, int]:
+    """(pilots, repeats) for a model of ``n_weights``: a pure function of the shapes, so detect agrees.
+
+    Small models get few, large chips: the lattice step grows with sqrt(chip size) while one INT8
+    rounding flip moves a chip by 1/sqrt(chip size), so only large chips can be steered exactly onto
+    their lattice after quantization without costly flips. Large models can afford many pilots (which
+    is what carries detection through heavy noise) and threefold repetition of every frame bit.
+    """
+    return (N_PILOT, REPEATS) if n_weights >= LARGE_MODEL else (SMALL_PILOT, 1)
+
+
 def layout(key: bytes, shapes: list[tuple[int, ...]], n_frame: int) -> SpreadLayout:
-    n_chips = N_PILOT + n_frame * REPEATS
+    n_pilot, repeats = chip_plan(int(sum(int(np.prod(s)) for s in shapes)))
+    n_chips = n_pilot + n_frame * repeats
     chips, signs = [], []
     sizes = np.zeros(n_chips, dtype=np.int64)
     for t, shape in enumerate(shapes):
@@ -58,8 +74,8 @@ def layout(key: bytes, shapes: list[tuple[int, ...]], n_frame: int) -> SpreadLay
     g = rng(key, "spread/chips")
     dither = g.random(n_chips)
     bits = np.zeros(n_chips, dtype=np.uint8)
-    bits[:N_PILOT] = g.integers(0, 2, size=N_PILOT, dtype=np.uint8)
-    return SpreadLayout(chips, signs, sizes, dither, bits, N_PILOT, n_frame, REPEATS)
+    bits[:n_pilot] = g.integers(0, 2, size=n_pilot, dtype=np.uint8)
+    return SpreadLayout(chips, signs, sizes, dither, bits, n_pilot, n_frame, repeats)
 
 
 def tensor_scale(w: np.ndarray) -> float:
@@ -130,8 +146,8 @@ def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarra
     """Move the cheapest weights across a rounding boundary of ``sim`` until failing chips decode.
 
     Candidates from all tensors compete per chip on cost per unit of projection gain (both in
-    tensor-std units), so the fix lands where it disturbs the function least. Returns the new arrays
-    and the number of chips that were failing under the simulation.
+    tensor-std units), so the fix lands where it disturbs the function least. Flipped weights are added
+    to ``frozen`` (updated in place). Returns the new arrays and the number of chips that were failing.
     """
     simulate, neighbours = SIMULATORS[sim]
     simmed = [simulate(a) for a in arrays]
@@ -143,6 +159,8 @@ def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarra
     need = error_to_target(p, step, lay)  # signed projection change wanted per chip
     parts = []
     for t, (a, c, s) in enumerate(zip(arrays, lay.chips, lay.signs, strict=True)):
+        if price_scale is not None and price_scale[t] > MAX_NUDGE_PRICE:
+            continue  # a tensor this sensitive is never worth a rounding flip
         flat = a.reshape(-1)
         limit = 0.99 * float(np.max(np.abs(flat)))  # never touch the max: it sets the INT8 scale
         sel = np.flatnonzero(bad[c] & ~frozen[t].reshape(-1) & (np.abs(flat) < limit))
@@ -155,7 +173,9 @@ def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarra
         cost = np.where(up, up_cost, down_cost)
         std = tensor_scale(simmed[t])
         gain = move / (std * np.sqrt(lay.sizes[ch]))
-        ok = (gain > 0) & (gain < 2 * np.abs(need[ch]))  # a flip must not overshoot past the target
+        # A flip must not overshoot the target, and only weights already near a rounding boundary are
+        # cheap enough to flip (cost below a quarter level).
+        ok = (gain > 0) & (gain < 2 * np.abs(need[ch])) & (cost <= MAX_FLIP_COST * move)
         sign = np.where(up, 1.0, -1.0)
         delta = sign * (cost + 0.05 * move)  # land 5% of a level past the boundary
         ps = 1.0 if price_scale is None else float(price_scale[t])
@@ -175,4 +195,5 @@ def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarra
         m = take[tt[take] == t]
         flat = out[t].reshape(-1)
         flat[idx[m]] += delta[m].astype(np.float32)
+        frozen[t].reshape(-1)[idx[m]] = True  # each weight flips at most once: fixes cannot pile up
     return out, n_bad

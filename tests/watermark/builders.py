@@ -7,6 +7,7 @@ All are trained briefly with fixed seeds on scikit-learn datasets and exported w
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -14,6 +15,14 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+
+
+@dataclass
+class Built:
+    model: onnx.ModelProto
+    calibration: np.ndarray  # training inputs (probes for embedding)
+    x_test: np.ndarray  # held-out inputs (fidelity acceptance)
+    y_test: np.ndarray
 
 
 def export(m: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:
@@ -51,7 +60,7 @@ def breast_cancer_mlp(seed: int = 0, hidden: int = 256):
     m = torch.nn.Sequential(torch.nn.Linear(30, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
                             torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
     train(m, Xtr, ytr, 150, seed=seed)
-    return export(m, torch.tensor(Xte[:4])), Xte, yte
+    return Built(export(m, torch.tensor(Xte[:4])), Xtr[:256], Xte, yte)
 
 
 def _digits(shape: tuple[int, ...]):
@@ -68,7 +77,7 @@ def digits_cnn(seed: int = 0):
         torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(64 * 16, 128), torch.nn.ReLU(),
         torch.nn.Linear(128, 10))
     train(m, Xtr, ytr, 15, bs=128, seed=seed)
-    return export(m, torch.tensor(Xte[:4])), Xte, yte
+    return Built(export(m, torch.tensor(Xte[:4])), Xtr[:256], Xte, yte)
 
 
 class TinyEncoder(torch.nn.Module):
@@ -90,7 +99,7 @@ def digits_transformer(seed: int = 0):
     torch.manual_seed(seed)
     m = TinyEncoder()
     train(m, Xtr, ytr, 15, bs=64, seed=seed)
-    return export(m, torch.tensor(Xte[:4])), Xte, yte
+    return Built(export(m, torch.tensor(Xte[:4])), Xtr[:256], Xte, yte)
 
 
 BUILDERS = {"mlp": breast_cancer_mlp, "cnn": digits_cnn, "transformer": digits_transformer}

@@ -1,0 +1,62 @@
+"""The mark survives conversions and function-preserving or degrading edits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sealinfer import watermark as wm
+from sealinfer.tests.watermark import attacks
+from sealinfer.tests.watermark.conftest import KEY, PAYLOAD
+from sealinfer.watermark.fidelity import run
+
+MODELS = ["mlp", "cnn", "transformer"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_watermark_survives_fp16(marked, name):
+    det = wm.detect(attacks.to_fp16(marked[name][0]), KEY)
+    assert det.detected and det.payload == PAYLOAD and det.bit_error_rate == 0.0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_watermark_survives_int8_dynamic_quantization(marked, name, tmp_path):
+    q = attacks.to_int8_dynamic(marked[name][0], tmp_path)
+    assert any(t.data_type == 3 for t in q.graph.initializer)  # int8 weights really are in there
+    det = wm.detect(q, KEY)
+    assert det.detected and det.payload == PAYLOAD and det.bit_error_rate == 0.0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_watermark_survives_half_magnitude_pruning(marked, name):
+    pruned = attacks.prune_global(marked[name][0], 0.5)
+    det = wm.detect(pruned, KEY)
+    print(f"{name} pruned 50%: p={det.p_value:.3g} (log10 {det.log10_p:.0f}), channel {det.channel}")
+    assert det.detected and det.p_value <= 1e-9
+    assert det.payload == PAYLOAD
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_watermark_survives_permutation_and_rescaling(built, marked, name):
+    model = marked[name][0]
+    attacked, layers = attacks.permute_and_rescale(model, seed=7)
+    assert layers >= 2
+    x = {"x": built[name].x_test}
+    before, after = run(model, x)[0], run(attacked, x)[0]
+    assert np.abs(after - before).max() <= 1e-4 * np.abs(before).mean()  # function preserved
+    det = wm.detect(attacked, KEY)
+    assert det.detected and det.p_value <= 1e-9 and det.payload == PAYLOAD
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_watermark_under_gaussian_noise_never_overclaims(marked, name):
+    """0.1*std noise per tensor: recorded, not required (see benchmarks/watermark.py for scale).
+
+    At these model sizes (7e4-1.5e5 weights) the noise is ~250x the per-weight mark, more than the
+    fidelity bound lets a blind mark outlast; what must hold is that the p-value stays honest and
+    a claimed payload is never wrong.
+    """
+    det = wm.detect(attacks.add_noise(marked[name][0], 0.1, seed=3), KEY)
+    print(f"{name} noise 0.1*std: detected={det.detected} p={det.p_value:.3g}")
+    if det.detected:
+        assert det.payload == PAYLOAD
