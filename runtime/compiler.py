@@ -58,6 +58,8 @@ class SealOptions:
     policy_profile: str | None = None
     watermark_payload: bytes | None = None
     watermark_max_relative_change: float = 1e-3
+    #: Representative inputs for the watermark fidelity check (kept in memory, never written).
+    watermark_probe_inputs: dict[str, Any] | None = None
     dp_certificate: dict[str, Any] | None = None
     max_epsilon: float | None = None
     segment_size: int = DEFAULT_SEGMENT_SIZE
@@ -118,7 +120,11 @@ def _embed_watermark(model: onnx.ModelProto, base_dir: Path, keyring: Keyring, o
     key_id, key = keyring.secret("watermark")
     assert opts.watermark_payload is not None
     marked, receipt = watermark.embed(
-        model, key, opts.watermark_payload, max_relative_change=opts.watermark_max_relative_change
+        model,
+        key,
+        opts.watermark_payload,
+        max_relative_change=opts.watermark_max_relative_change,
+        probe_inputs=opts.watermark_probe_inputs,
     )
     model.CopyFrom(marked)
     return {"key_id": key_id, **receipt.commitment()}
