@@ -78,14 +78,17 @@ class DPStatistics:
         lo, hi = _check_bounds(bounds)
         data = _floats(values)
 
-        def build(s: float) -> Any:
-            # Noise in proportion to each part's sensitivity (count: 1, sum: ~max(|lo|, |hi|)) splits epsilon ~evenly.
-            total = _clamped_sum(dp, lo, hi) >> dp.m.then_laplace(scale=s * max(abs(lo), abs(hi), 1e-12))
-            n = (dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance()) \
-                >> dp.t.then_count() >> dp.m.then_laplace(scale=s)
-            return dp.c.make_composition([total, n])
-
-        meas, scale = _calibrate(("mean", lo, hi), build, epsilon)
+        # Half of epsilon each, calibrated separately (a binary search over the composition is ~40x slower).
+        total, scale = _calibrate(
+            ("sum", lo, hi), lambda s: _clamped_sum(dp, lo, hi) >> dp.m.then_laplace(scale=s), epsilon / 2
+        )
+        space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance()
+        n, _ = _calibrate(("count-float",), lambda s: space >> dp.t.then_count() >> dp.m.then_laplace(scale=s),
+                          epsilon / 2)
+        meas = dp.c.make_composition([total, n])
+        if not meas.map(1) <= epsilon:
+            raise PrivacyParameterError(f"could not calibrate noise for epsilon={epsilon:g}.",
+                                        hint="Use a larger epsilon.")
 
         def post(pair: Any) -> float:
             noisy_sum, noisy_count = pair
