@@ -71,7 +71,11 @@ def _untrusted() -> UntrustedCheckpointKeysError:
 
 @click.group(name="audit")
 def audit() -> None:
-    """Verify, prove and archive the tamper-evident audit log."""
+    """Verify, prove and archive the tamper-evident audit log.
+
+    Exit codes: 0 verified with trusted keys; 1 integrity FAILED; 2 missing file or not an audit log;
+    4 intact but checkpoint keys not independently trusted.
+    """
 
 
 @audit.command(name="verify")

@@ -86,13 +86,38 @@ def _first_seq_at(conn: sqlite3.Connection, moment: str, lo: int, hi: int) -> in
     return lo
 
 
-_MATERIALISE = """
-CREATE TEMP TABLE ev AS SELECT seq, time, substr(time, 1, 10) AS day, action, decision, outcome, actor, role,
-  purpose, policy_id, policy_version, model_id, model_version, model_digest, error_code, break_glass,
-  CASE WHEN decision = 'deny' THEN json_extract(body, '$.reasons') END AS reasons,
-  CASE WHEN action = 'load' THEN json_extract(body, '$.details') END AS details
-FROM audit_events WHERE seq BETWEEN ? AND ?
-"""
+# One JSON parse per record: json_extract with many paths returns one JSON array per row, and rows are
+# grouped (in Python) on that array's text. ``time`` comes first and is fixed-width (27 characters), so the day and
+# the rest of the key are plain substrings; ``break_glass`` comes second so it can be tested the same way.
+_PATHS = ("$.time", "$.break_glass", "$.action", "$.decision", "$.outcome", "$.actor", "$.role", "$.purpose",
+          "$.policy_id", "$.policy_version", "$.model_id", "$.model_version", "$.model_digest", "$.error_code",
+          "$.reasons", "$.details.signature", "$.details.signer_key_id", "$.details.watermark",
+          "$.details.dp_epsilon")
+_FIELDS = _PATHS[2:]
+_ROWS = f"SELECT seq, json_extract(body, {', '.join(repr(p) for p in _PATHS)}) FROM audit_events " \
+        "WHERE seq BETWEEN ? AND ? ORDER BY seq"
+
+
+def _groups(conn: sqlite3.Connection, first: int, stop: int) -> dict[tuple[str, str], list[Any]]:
+    """(day, rest of the key) -> [count, first time, last time, break-glass seqs], one parse per record.
+
+    Grouping in Python instead of GROUP BY: SQLite would re-run json_extract for every reference to the
+    extracted array and sort a million long keys. Times are non-decreasing along seq, so the first and
+    last time seen in a group are its minimum and maximum.
+    """
+    groups: dict[tuple[str, str], list[Any]] = {}
+    get = groups.get
+    for seq, a in conn.execute(_ROWS, [first, stop]):
+        key = (a[2:12], a[31:])
+        g = get(key)
+        if g is None:
+            groups[key] = [1, a[2:29], a[2:29], [seq] if a[31] == "t" else None]
+        else:
+            g[0] += 1
+            g[2] = a[2:29]
+            if g[3] is not None:
+                g[3].append(seq)
+    return groups
 
 
 def build_report(
@@ -115,7 +140,6 @@ def build_report(
                     keys=[_key_row(k) for k in (keys or [])])
     conn, _ = schema.open_readonly(audit_db)
     try:
-        conn.execute("PRAGMA temp_store = MEMORY")
         try:
             _gather(conn, report, lo_t, hi_t, result.records)
         except sqlite3.DatabaseError as exc:  # a damaged body (verify has already said FAILED)
@@ -148,61 +172,85 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
+def _bump(counter: dict[Any, int], key: Any, n: int) -> None:
+    counter[key] = counter.get(key, 0) + n
+
+
 def _gather(conn: sqlite3.Connection, r: Report, lo_t: str, hi_t: str, records: int) -> None:
     last = conn.execute("SELECT max(seq) FROM audit_events").fetchone()[0] or 0
     first = _first_seq_at(conn, lo_t, 1, last)
     stop = _first_seq_at(conn, hi_t, first, last) - 1
     if stop < first:
         return
-    conn.execute(_MATERIALISE, [first, stop])
-    q = conn.execute
-    r.events = q("SELECT count(*) FROM ev").fetchone()[0]
-    r.by_action = dict(q("SELECT action, count(*) FROM ev GROUP BY action ORDER BY 2 DESC").fetchall())
-    r.by_decision = dict(q("SELECT decision, count(*) FROM ev GROUP BY decision").fetchall())
-    r.by_outcome = dict(q("SELECT outcome, count(*) FROM ev GROUP BY outcome").fetchall())
-    r.actors = q("SELECT count(DISTINCT actor) FROM ev").fetchone()[0]
-    r.by_role = dict(q("SELECT role, count(*) FROM ev GROUP BY role ORDER BY 2 DESC").fetchall())
-    r.denials_by_reason = [tuple(x) for x in q(
-        "SELECT j.value, count(*) FROM ev, json_each(ev.reasons) AS j WHERE ev.decision = 'deny' "
-        "GROUP BY j.value ORDER BY 2 DESC LIMIT ?", [_TOP])]
-    unexplained = q("SELECT count(*) FROM ev WHERE decision = 'deny' AND json_array_length(reasons) = 0"
-                    ).fetchone()[0]
-    if unexplained:
-        r.denials_by_reason.append(("(no reason recorded)", unexplained))
-    r.denials_by_code = [tuple(x) for x in q(
-        "SELECT coalesce(error_code, '(none)'), count(*) FROM ev WHERE outcome != 'ok' GROUP BY 1 ORDER BY 2 DESC "
-        "LIMIT ?", [_TOP])]
-    r.break_glass_count = q("SELECT count(*) FROM ev WHERE break_glass").fetchone()[0]
-    r.break_glass = [dict(zip(("seq", "time", "actor", "role", "purpose", "action", "model", "decision"), x,
-                              strict=True)) for x in q(
-        "SELECT seq, time, actor, role, purpose, action, model_id, decision FROM ev WHERE break_glass "
-        "ORDER BY seq LIMIT ?", [_TOP])]
-    r.policies = [dict(zip(("policy_id", "policy_version", "records", "first", "last"), x, strict=True)) for x in q(
-        "SELECT coalesce(policy_id, '(none)'), coalesce(policy_version, '(none)'), count(*), min(time), max(time) "
-        "FROM ev GROUP BY 1, 2 ORDER BY 4")]
-    loads = {}
-    for model_id, version, digest, details, n, t0, t1 in q(
-            "SELECT model_id, model_version, model_digest, details, count(*), min(time), max(time) FROM ev "
-            "WHERE action = 'load' AND outcome = 'ok' GROUP BY 1, 2, 3, 4 ORDER BY 6"):
-        d = json.loads(details) if details else {}
-        loads[(model_id, version, digest)] = {
-            "model_id": model_id, "model_version": version, "model_digest": digest,
-            "signature": d.get("signature", "NOT RECORDED"), "signer_key_id": d.get("signer_key_id"),
-            "watermark": d.get("watermark", "NOT RECORDED"), "dp_epsilon": d.get("dp_epsilon"),
-            "loads": n, "first_load": t0, "last_load": t1, "inferences": 0}
-    for model_id, version, digest, n in q(
-            "SELECT model_id, model_version, model_digest, count(*) FROM ev WHERE action = 'infer' "
-            "GROUP BY 1, 2, 3"):
-        entry = loads.setdefault((model_id, version, digest), {
-            "model_id": model_id, "model_version": version, "model_digest": digest,
-            "signature": "NO LOAD RECORD IN PERIOD", "signer_key_id": None, "watermark": "NO LOAD RECORD IN PERIOD",
-            "dp_epsilon": None, "loads": 0, "first_load": None, "last_load": None, "inferences": 0})
-        entry["inferences"] = n
-    r.models = list(loads.values())[:_TOP]
-    r.daily = [dict(zip(("day", "allow", "deny", "error"), x, strict=True)) for x in q(
-        "SELECT day, sum(decision = 'allow' AND outcome = 'ok'), sum(decision = 'deny'), "
-        "sum(outcome = 'error') FROM ev GROUP BY day ORDER BY day")]
-    r.logoff_events = q("SELECT count(*) FROM ev WHERE action IN ('logoff', 'session_timeout')").fetchone()[0]
+    actors: set[str] = set()
+    reasons: dict[str, int] = {}
+    codes: dict[str, int] = {}
+    daily: dict[str, dict[str, Any]] = {}
+    policies: dict[tuple[str, str], dict[str, Any]] = {}
+    models: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+    glass_seqs: list[int] = []
+    for (day, rest), (n, t0, t1, glass) in _groups(conn, first, stop).items():
+        values = json.loads("[" + rest)
+        f = dict(zip(_FIELDS, values[1:], strict=True))
+        r.events += n
+        _bump(r.by_action, f["$.action"], n)
+        _bump(r.by_decision, f["$.decision"], n)
+        _bump(r.by_outcome, f["$.outcome"], n)
+        _bump(r.by_role, f["$.role"], n)
+        actors.add(f["$.actor"])
+        d = daily.setdefault(day, {"day": day, "allow": 0, "deny": 0, "error": 0})
+        if f["$.decision"] == "deny":
+            d["deny"] += n
+            for reason in f["$.reasons"] or ["(no reason recorded)"]:
+                _bump(reasons, reason, n)
+        elif f["$.outcome"] == "error":
+            d["error"] += n
+        else:
+            d["allow"] += n
+        if f["$.outcome"] != "ok":
+            _bump(codes, f["$.error_code"] or "(none)", n)
+        if values[0]:
+            r.break_glass_count += n
+            glass_seqs.extend(glass[:_TOP])
+        pol = policies.setdefault((f["$.policy_id"] or "(none)", f["$.policy_version"] or "(none)"), {
+            "policy_id": f["$.policy_id"] or "(none)", "policy_version": f["$.policy_version"] or "(none)",
+            "records": 0, "first": t0, "last": t1})
+        pol["records"] += n
+        pol["first"], pol["last"] = min(pol["first"], t0), max(pol["last"], t1)
+        if f["$.action"] in ("logoff", "session_timeout"):
+            r.logoff_events += n
+        if f["$.action"] in ("load", "infer") and (f["$.action"] == "infer" or f["$.outcome"] == "ok"):
+            key = (f["$.model_id"], f["$.model_version"], f["$.model_digest"])
+            m = models.setdefault(key, {
+                "model_id": key[0], "model_version": key[1], "model_digest": key[2],
+                "signature": "NO LOAD RECORD IN PERIOD", "signer_key_id": None,
+                "watermark": "NO LOAD RECORD IN PERIOD", "dp_epsilon": None, "loads": 0, "first_load": None,
+                "last_load": None, "inferences": 0})
+            if f["$.action"] == "infer":
+                m["inferences"] += n
+            else:
+                m["loads"] += n
+                m["signature"] = f["$.details.signature"] or "NOT RECORDED"
+                m["signer_key_id"] = f["$.details.signer_key_id"]
+                m["watermark"] = f["$.details.watermark"] or "NOT RECORDED"
+                m["dp_epsilon"] = f["$.details.dp_epsilon"]
+                m["first_load"] = min(filter(None, (m["first_load"], t0)))
+                m["last_load"] = max(filter(None, (m["last_load"], t1)))
+    r.actors = len(actors)
+    r.by_action = dict(sorted(r.by_action.items(), key=lambda kv: -kv[1]))
+    r.by_role = dict(sorted(r.by_role.items(), key=lambda kv: -kv[1]))
+    r.denials_by_reason = sorted(reasons.items(), key=lambda kv: -kv[1])[:_TOP]
+    r.denials_by_code = sorted(codes.items(), key=lambda kv: -kv[1])[:_TOP]
+    r.daily = [daily[k] for k in sorted(daily)]
+    r.policies = sorted(policies.values(), key=lambda p: p["first"])
+    r.models = sorted(models.values(), key=lambda m: (m["first_load"] or "~", str(m["model_id"])))[:_TOP]
+    shown = sorted(glass_seqs)[:_TOP]
+    if shown:
+        marks = ",".join("?" * len(shown))
+        r.break_glass = [dict(zip(("seq", "time", "actor", "role", "purpose", "action", "model", "decision"), x,
+                                  strict=True)) for x in conn.execute(
+            f"SELECT seq, time, actor, role, purpose, action, model_id, decision FROM audit_events "
+            f"WHERE seq IN ({marks}) ORDER BY seq", shown)]
 
 
 def _telemetry(path: Path, start: datetime, end: datetime) -> dict[str, Any]:
