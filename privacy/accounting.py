@@ -13,8 +13,9 @@ memory), so the computation runs in a child process which (1) has an address-spa
 killed, when the time limit passes. ``fork`` is used on Linux because the child inherits the
 already-imported Opacus (~0.1 s per check, against ~2 s to start a fresh interpreter that imports
 torch) and because it does not re-import the caller's ``__main__``; elsewhere ``spawn`` is used.
-The child only runs numpy/scipy code. RDP needs no such guard: its cost does not depend on the
-parameters (a fixed set of orders), ~10 ms.
+The child only runs numpy/scipy code. RDP's cost does not depend on the parameters (a fixed set of
+orders, ~10-25 ms per segment), so it runs in-process unless a certificate has many distinct
+segments, which then go to the same guarded worker.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from sealinfer.privacy.errors import AccountantError, CertificateError, PrivacyP
 
 SUPPORTED_ACCOUNTANTS = ("rdp", "prv")
 DEFAULT_PRV_MEMORY_LIMIT = 2 << 30  # bytes of address space the PRV worker may add to what it inherits
-_CLAIM_TOLERANCE = 0.01  # a stated epsilon more than 1% below the recomputed one is an understatement
+_CLAIM_TOLERANCE = 0.01
+# RDP costs ~10-25 ms per distinct (sigma, q) segment; beyond this many it runs in the guarded worker.
+_RDP_INLINE_SEGMENTS = 8  # a stated epsilon more than 1% below the recomputed one is an understatement
 
 History = Sequence[tuple[float, float, int]]
 
@@ -85,7 +88,9 @@ def compute_epsilon(
     """Epsilon spent by ``history`` (Opacus ``[(noise_multiplier, sample_rate, steps), ...]``) at ``delta``.
 
     Raises ``AccountantError`` when the accountant raises, times out, runs out of memory or returns a
-    non-finite epsilon.
+    non-finite epsilon. Segments with the same (noise_multiplier, sample_rate) are merged first (both
+    accountants compose commutatively). The time limit applies to PRV, and to RDP when more than
+    8 distinct segments remain (each costs ~10-25 ms, so a certificate with thousands would stall).
     """
     name = accountant.lower()
     if name not in SUPPORTED_ACCOUNTANTS:
@@ -94,11 +99,11 @@ def compute_epsilon(
         )
     if not (isinstance(prv_timeout_s, int | float) and prv_timeout_s > 0):
         raise PrivacyParameterError(f"prv_timeout_s is {prv_timeout_s!r}.", hint="Give a positive number of seconds.")
-    hist = [(float(s), float(q), int(t)) for s, q, t in history]
-    if name == "rdp":
+    hist = _merge(history)
+    if name == "rdp" and len(hist) <= _RDP_INLINE_SEGMENTS:
         eps = _rdp_epsilon(hist, delta)
     else:
-        eps = _prv_epsilon_guarded(hist, delta, prv_timeout_s, prv_memory_limit_bytes)
+        eps = _epsilon_guarded(name, hist, delta, prv_timeout_s, prv_memory_limit_bytes)
     if not math.isfinite(eps):
         raise AccountantError(
             f"the {name.upper()} accountant returned epsilon={eps}, i.e. no privacy guarantee.",
@@ -205,7 +210,17 @@ def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float
         raise AccountantError(f"the RDP accountant failed ({type(exc).__name__}: {exc}).") from exc
 
 
-def _prv_worker(history: list[tuple[float, float, int]], delta: float, memory_limit: int | None, conn: Any) -> None:
+def _merge(history: History) -> list[tuple[float, float, int]]:
+    steps: dict[tuple[float, float], int] = {}
+    for sigma, rate, count in history:
+        key = (float(sigma), float(rate))
+        steps[key] = steps.get(key, 0) + int(count)
+    return [(sigma, rate, count) for (sigma, rate), count in steps.items()]
+
+
+def _worker(
+    accountant: str, history: list[tuple[float, float, int]], delta: float, memory_limit: int | None, conn: Any
+) -> None:
     try:
         if memory_limit is not None and sys.platform.startswith("linux"):
             import resource
@@ -214,7 +229,7 @@ def _prv_worker(history: list[tuple[float, float, int]], delta: float, memory_li
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         from opacus.accountants import create_accountant
 
-        acc = create_accountant("prv")
+        acc = create_accountant(accountant)
         acc.history = list(history)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -236,22 +251,23 @@ def _current_address_space() -> int:
     return 0
 
 
-def _prv_epsilon_guarded(
-    history: list[tuple[float, float, int]], delta: float, timeout_s: float, memory_limit: int | None
+def _epsilon_guarded(
+    accountant: str, history: list[tuple[float, float, int]], delta: float, timeout_s: float,
+    memory_limit: int | None,
 ) -> float:
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     ctx = multiprocessing.get_context(method)
     receiver, sender = ctx.Pipe(duplex=False)
-    worker = ctx.Process(target=_prv_worker, args=(history, delta, memory_limit, sender), daemon=True,
-                         name="sealinfer-prv-accountant")
+    worker = ctx.Process(target=_worker, args=(accountant, history, delta, memory_limit, sender), daemon=True,
+                         name=f"sealinfer-{accountant}-accountant")
     worker.start()
     sender.close()
     answered = False
     try:
         if not receiver.poll(timeout_s):
             raise AccountantError(
-                f"the PRV accountant did not finish within {timeout_s:g} s and was stopped.",
-                hint="Use the 'rdp' accountant or raise the PRV time limit.",
+                f"the {accountant.upper()} accountant did not finish within {timeout_s:g} s and was stopped.",
+                hint="Use fewer distinct segments, the 'rdp' accountant, or a longer time limit.",
             )
         try:
             status, value = receiver.recv()
@@ -259,13 +275,13 @@ def _prv_epsilon_guarded(
         except EOFError:
             worker.join(1.0)
             raise AccountantError(
-                f"the PRV accountant's worker died (exit code {worker.exitcode}) without an answer."
+                f"the {accountant.upper()} accountant's worker died (exit code {worker.exitcode}) without an answer."
             ) from None
     finally:
         receiver.close()
         _stop(worker, grace_s=0.5 if answered else 0.0)
     if status != "ok":
-        raise AccountantError(f"the PRV accountant failed ({value}).")
+        raise AccountantError(f"the {accountant.upper()} accountant failed ({value}).")
     return float(value)
 
 

@@ -23,7 +23,7 @@ from sealinfer.privacy.errors import CertificateError
 
 FORMAT_VERSION = 1
 MAX_CERTIFICATE_BYTES = 1 << 20  # a certificate is a few hundred bytes; refuse to parse megabytes
-MAX_SEGMENTS = 10_000
+MAX_SEGMENTS = 1_000
 
 _REQUIRED = (
     "accountant", "delta", "dataset_size", "sampling", "segments", "max_grad_norm", "secure_mode",

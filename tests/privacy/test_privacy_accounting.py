@@ -184,3 +184,23 @@ def test_compute_epsilon_rejects_unknown_and_raises_on_infinite():
         compute_epsilon("gdp", [(1.0, 0.01, 10)], 1e-5)
     with pytest.raises(AccountantError):
         compute_epsilon("rdp", [(0.0, 0.01, 10)], 1e-5)
+
+
+def test_identical_segments_are_merged_wherever_they_appear():
+    scattered = make_cert("rdp", [(1.0, 0.01, 300), (1.3, 0.004, 100), (1.0, 0.01, 700)])
+    grouped = make_cert("rdp", [(1.0, 0.01, 1000), (1.3, 0.004, 100)])
+    assert check_certificate(scattered, 10.0).epsilon == pytest.approx(check_certificate(grouped, 10.0).epsilon)
+
+
+def test_many_distinct_rdp_segments_run_under_the_time_limit():
+    # ~20 ms each in-process: 400 distinct segments would stall a check for seconds.
+    segments = [(1.0 + i * 1e-3, 0.01, 10) for i in range(400)]
+    start = time.monotonic()
+    verdict = check_certificate(make_cert("rdp", segments), max_epsilon=100.0, prv_timeout_s=0.5)
+    assert time.monotonic() - start < 5.0
+    assert_fails(verdict, "RDP accountant did not finish within 0.5 s")
+
+
+def test_too_many_segments_are_refused():
+    with pytest.raises(CertificateError, match="more than 1000"):
+        make_cert("rdp", [(1.0, 0.01, 1)] * 1001)
