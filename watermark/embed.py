@@ -61,7 +61,9 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
     ]
     codes = [lattice.tensor_code(key, t, s, frame.size) for t, s in enumerate(shapes)]
 
-    probes = probe_inputs if probe_inputs is not None else generate_probes(model)
+    # Generated probes: 256, fewer for big models so one probe pass stays ~1 GFLOP-scale.
+    n_gen = int(np.clip(2.5e8 / max(n_weights, 1), 8, 256))
+    probes = probe_inputs if probe_inputs is not None else generate_probes(model, n_gen)
     probe_kind = "supplied" if probe_inputs is not None else "generated"
     n_probes = int(next(iter(probes.values())).shape[0]) if probes else 0
     runner = ProbeRunner(model, ws.refs, probes)

@@ -66,8 +66,9 @@ def layout(key: bytes, shapes: list[tuple[int, ...]], n_frame: int) -> SpreadLay
     for t, shape in enumerate(shapes):
         g = rng(key, f"spread/{t}/{'x'.join(map(str, shape))}")
         size = int(np.prod(shape))
-        c = g.integers(0, n_chips, size=size, dtype=np.int32)
-        s = (g.integers(0, 2, size=size, dtype=np.int8) * 2 - 1).astype(np.float32)
+        r = g.integers(0, 2**31, size=size, dtype=np.int32)  # one draw: low bit = sign, the rest = chip
+        c = (r >> 1) % n_chips
+        s = ((r & 1) * 2 - 1).astype(np.float32)
         sizes += np.bincount(c, minlength=n_chips)
         chips.append(c)
         signs.append(s)
