@@ -8,6 +8,7 @@ buffer through ``SessionOptions.add_external_initializers``; the buffer is kept 
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,27 +39,33 @@ def decrypt_payload(
     buf = raw[shift : shift + pay.plaintext_size]
     dec = StreamDecryptor(data_key, artifact.stream_params(), pay.segment_count)
     seg_ct = pay.segment_size + TAG_BYTES
-    ct = bytearray(seg_ct)
     out = memoryview(buf)  # type: ignore[arg-type]
     try:
         with (
-            artifact.path.open("rb", buffering=0) as fh,
+            artifact.path.open("rb") as fh,
             progress_bar(pay.plaintext_size, label, enabled=progress) as bar,
         ):
-            fh.seek(artifact.payload_offset)
-            remaining = pay.ciphertext_size
-            for index in range(pay.segment_count):
-                want = min(seg_ct, remaining)
-                view = memoryview(ct)[:want]
-                got = fh.readinto(view)
-                if got != want:
-                    raise TruncatedArtifactError(
-                        f"{artifact.path} ends inside payload segment {index}.", hint="Restore a complete copy."
-                    )
-                remaining -= want
-                start = index * pay.segment_size
-                n = dec.decrypt_segment_into(index, view, out[start : start + pay.segment_size])
-                bar.update(n)
+            size = os.fstat(fh.fileno()).st_size
+            if size < artifact.payload_offset + pay.ciphertext_size:
+                raise TruncatedArtifactError(
+                    f"{artifact.path} was truncated after it was opened.", hint="Restore a complete copy."
+                )
+            # Decrypt straight out of the page cache: one copy fewer than read() into a buffer.
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    pos = artifact.payload_offset
+                    for index in range(pay.segment_count):
+                        want = min(seg_ct, artifact.payload_offset + pay.ciphertext_size - pos)
+                        start = index * pay.segment_size
+                        # Release each slice at once: a slice still exported when the mmap closes
+                        # (say, held by a traceback) would turn an IntegrityError into a BufferError.
+                        with view[pos : pos + want] as segment:
+                            n = dec.decrypt_segment_into(index, segment, out[start : start + pay.segment_size])
+                        pos += want
+                        bar.update(n)
+                finally:
+                    view.release()
     except BaseException:
         buf.fill(0)
         raise
