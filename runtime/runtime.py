@@ -60,7 +60,10 @@ class Runtime:
         devices: str | os.PathLike[str] | Sequence[Any] | None = None,
         providers: Sequence[KeyProvider] = (),
         passphrase: str | None = None,
+        metrics: Any = None,
     ) -> None:
+        """``metrics``: a ``sealinfer.runtime.telemetry.metrics.RuntimeMetrics`` to publish every request's
+        telemetry as Prometheus metrics too (serve it with ``start_http_server``); needs ``telemetry_db``."""
         from sealinfer import runtime as _pkg
 
         if _pkg.ORT_TELEMETRY_PREIMPORTED:
@@ -77,7 +80,7 @@ class Runtime:
         self._placer: Any = None
         self._placement_policy: Any = None
         if policy is not None:
-            self._ctx = self._security_context(policy, audit_db, telemetry_db)
+            self._ctx = self._security_context(policy, audit_db, telemetry_db, metrics)
             self.profile = self._ctx.profile
             self._init_scheduler(devices)
         elif audit_db is not None or telemetry_db is not None:
@@ -87,7 +90,7 @@ class Runtime:
 
     # --- construction ------------------------------------------------------------------------
 
-    def _security_context(self, policy: Any, audit_db: Any, telemetry_db: Any) -> SecurityContext:
+    def _security_context(self, policy: Any, audit_db: Any, telemetry_db: Any, metrics: Any) -> SecurityContext:
         from sealinfer.runtime.audit.log import AuditLog
         from sealinfer.runtime.pipeline import SecurityContext
         from sealinfer.runtime.policy.authz import Authorizer
@@ -108,7 +111,11 @@ class Runtime:
             checkpoint_every=profile.audit.checkpoint_every,
             checkpoint_seconds=profile.audit.checkpoint_seconds,
         )
-        telemetry = TelemetryStore(telemetry_db) if telemetry_db is not None else None
+        if metrics is not None and telemetry_db is None:
+            raise ConfigurationError(
+                "Prometheus metrics are fed from telemetry.", hint="Pass telemetry_db as well as metrics."
+            )
+        telemetry = TelemetryStore(telemetry_db, metrics=metrics) if telemetry_db is not None else None
         _, hmac_key = self.keyring.secret("audit-hmac")
         return SecurityContext(profile, authorizer, audit, hmac_key, telemetry)
 

@@ -249,3 +249,32 @@ def test_phi_is_refused_without_an_attested_device_and_the_placement_is_audited(
         tmp_path / "b.db", "SELECT json_extract(body, '$.details.placement.chosen.device') FROM audit_events"
     )
     assert explanation == [("cpu0",)]
+
+
+def test_runtime_publishes_prometheus_metrics(tmp_path: Path, sealed: Sealed):
+    import urllib.request
+
+    from sealinfer.runtime.telemetry.metrics import RuntimeMetrics, start_http_server
+
+    metrics = RuntimeMetrics()
+    with Runtime(
+        sealed.keyring,
+        "hipaa",
+        audit_db=tmp_path / "a.db",
+        telemetry_db=tmp_path / "t.db",
+        devices=sealed.devices,
+        metrics=metrics,
+    ) as rt:
+        session = rt.load(sealed.hipaa, caller=SERVICE)
+        for _ in range(3):
+            session.run({"input": X}, caller=CLINICIAN)
+        with pytest.raises(AuthorizationError):
+            session.run({"input": X}, caller=RESEARCHER)
+        rt.telemetry.flush()
+    server = start_http_server(metrics, port=0)
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+    finally:
+        server.close()
+    assert 'outcome="ok"' in body and 'outcome="denied"' in body
+    assert "sepsis-risk" in body and "patient" not in body
