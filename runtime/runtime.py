@@ -79,6 +79,7 @@ class Runtime:
         self.profile: PolicyProfile | None = None
         self._placer: Any = None
         self._placement_policy: Any = None
+        self._dispatch: Any = None
         if policy is not None:
             self._ctx = self._security_context(policy, audit_db, telemetry_db, metrics)
             self.profile = self._ctx.profile
@@ -212,6 +213,7 @@ class Runtime:
         providers: Sequence[Any] | None,
         pipeline_factory: Any = None,
         device: str = "cpu",
+        submitter: Any = None,
     ) -> SealedSession:
         try:
             session = create_inference_session(decrypted, providers=providers, session_options=session_options)
@@ -219,7 +221,7 @@ class Runtime:
             decrypted.close()
             raise
         guard = pipeline_factory() if pipeline_factory else None
-        return SealedSession(session, decrypted, artifact.manifest, guard=guard, device=device)
+        return SealedSession(session, decrypted, artifact.manifest, guard=guard, device=device, submitter=submitter)
 
     def _load_audited(
         self,
@@ -276,6 +278,9 @@ class Runtime:
                 providers,
                 pipeline_factory=lambda: RequestPipeline(ctx, resource, manifest, device),
                 device=device,
+                submitter=lambda s, inputs, who, priority, deadline_s: self._submit(
+                    s, placement, resource, inputs, who, priority, deadline_s
+                ),
             )
         except SealinferError as exc:
             self._audit_load(caller, manifest, decision, details, exc, path)
@@ -371,10 +376,73 @@ class Runtime:
             error.audit_seq = receipt.seq  # type: ignore[attr-defined]
         return receipt
 
+    # --- queued requests ---------------------------------------------------------------------
+
+    def _dispatcher(self) -> Any:
+        with self._lock:
+            if self._dispatch is None:
+                from sealinfer.runtime.scheduler import Dispatcher
+
+                self._dispatch = Dispatcher(self.devices, self._placement_policy)
+            return self._dispatch
+
+    def _submit(
+        self,
+        session: SealedSession,
+        placement: Any,
+        resource: Any,
+        inputs: Any,
+        caller: Caller,
+        priority: str,
+        deadline_s: float | None,
+    ) -> Any:
+        """Queue a request by deadline on its device's pool (EDF), after tenant quota and feasibility."""
+        import time
+
+        from sealinfer.runtime.errors import DeadlineInfeasibleError, QuotaExceededError
+
+        def call() -> dict[str, Any]:
+            started = time.perf_counter()
+            out = session.run(inputs, caller=caller, priority=priority)
+            self._placer.observe(placement, time.perf_counter() - started)  # calibrate the roofline
+            return out
+
+        try:
+            return self._dispatcher().submit(
+                call,
+                priority=priority,
+                tenant=caller.tenant or "default",
+                deadline_s=deadline_s,
+                predicted_s=placement.predicted_latency_s,
+                device=placement.device.id,
+            )
+        except (QuotaExceededError, DeadlineInfeasibleError) as exc:
+            ctx = self._ctx
+            assert ctx is not None
+            receipt = ctx.audit.append(
+                ctx.audit_event(
+                    caller,
+                    "infer",
+                    model_id=resource.name,
+                    model_version=resource.version,
+                    model_digest=resource.digest,
+                    decision="deny",
+                    reasons=[f"{exc.code}: {exc}"],
+                    outcome="denied",
+                    error_code=exc.code,
+                    device=placement.device.id,
+                    details={"priority": priority},
+                )
+            )
+            exc.audit_seq = receipt.seq  # type: ignore[attr-defined]
+            raise
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush telemetry, write a final signed checkpoint and close the stores."""
+        """Stop the queues, flush telemetry, write a final signed checkpoint and close the stores."""
+        if self._dispatch is not None:
+            self._dispatch.close()
         if self._ctx is not None:
             if self._ctx.telemetry is not None:
                 self._ctx.telemetry.close()

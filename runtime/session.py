@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from sealinfer.runtime.tensorspec import TensorSpec
 
 if TYPE_CHECKING:
     from sealinfer.runtime.caller import Caller
-    from sealinfer.runtime.guard import RequestGuard
+    from sealinfer.runtime.pipeline import RequestPipeline
 
 
 class SealedSession:
@@ -34,9 +35,10 @@ class SealedSession:
         decrypted: DecryptedModel,
         manifest: dict[str, Any],
         *,
-        guard: RequestGuard | None = None,
+        guard: RequestPipeline | None = None,
         device: str = "cpu",
         on_close: Callable[[], None] | None = None,
+        submitter: Callable[..., Future[dict[str, np.ndarray]]] | None = None,
     ) -> None:
         self._session = session
         self._decrypted = decrypted
@@ -44,6 +46,7 @@ class SealedSession:
         self._guard = guard
         self._device = device
         self._on_close = on_close
+        self._submitter = submitter
         self._closed = False
         self._lock = threading.Lock()
         sig = manifest.get("signature_io", {})
@@ -97,6 +100,27 @@ class SealedSession:
         if self._guard is not None:
             return self._guard.run(self, inputs, caller, priority)
         return self._infer(inputs)
+
+    def submit(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        caller: Caller,
+        priority: str = "routine",
+        deadline_s: float | None = None,
+    ) -> Future[dict[str, np.ndarray]]:
+        """Queue a request by priority class and deadline (earliest deadline first) on the model's device.
+
+        Admission control refuses at once, with a typed and audited error, a tenant over its quota
+        (``QuotaExceededError``) or a deadline the queue can no longer meet (``DeadlineInfeasibleError``).
+        The future's result is what ``run`` returns; ``run`` itself stays a direct call.
+        """
+        if self._submitter is None:
+            raise SealinferError(
+                "Queued requests need a runtime with a policy (priority classes and quotas come from it).",
+                hint="Load the model with Runtime(keyring, policy=..., audit_db=...).",
+            )
+        return self._submitter(self, inputs, caller, priority, deadline_s)
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, dict(inputs))

@@ -278,3 +278,23 @@ def test_runtime_publishes_prometheus_metrics(tmp_path: Path, sealed: Sealed):
         server.close()
     assert 'outcome="ok"' in body and 'outcome="denied"' in body
     assert "sepsis-risk" in body and "patient" not in body
+
+
+def test_submit_queues_by_priority_and_enforces_tenant_quotas(tmp_path: Path, sealed: Sealed):
+    from sealinfer.runtime.errors import QuotaExceededError
+
+    profile = hipaa_variant(tenants={"ward7": {"rate_per_s": 0.001, "burst": 3}})
+    with Runtime(sealed.keyring, profile, audit_db=tmp_path / "a.db", devices=sealed.devices) as rt:
+        session = rt.load(sealed.hipaa, caller=SERVICE)
+        expected = session.run({"input": X}, caller=CLINICIAN)["probabilities"]
+        futures = [session.submit({"input": X}, caller=CLINICIAN, priority=p) for p in ("batch", "stat", "routine")]
+        for fut in futures:
+            assert np.array_equal(fut.result(timeout=30)["probabilities"], expected)
+        with pytest.raises(QuotaExceededError) as info:
+            session.submit({"input": X}, caller=CLINICIAN, priority="stat")
+        other = session.submit({"input": X}, caller=Caller("dr.b", "clinician", "treatment", tenant="icu"))
+        assert other.result(timeout=30)["probabilities"].shape == (4, 64)
+    seq = info.value.audit_seq
+    assert rows(tmp_path / "a.db", f"SELECT decision, error_code FROM audit_events WHERE seq = {seq}") == [
+        ("deny", "quota_exceeded")
+    ]
