@@ -88,7 +88,6 @@ class AuditLog:
         self._mutex = threading.Lock()
         self._idle = threading.Condition(self._mutex)  # signalled when nobody holds the commit role
         self._pending: list[_Pending] = []
-        self._arriving = 0  # callers between append() and queueing (under _mutex)
         self._committing = False
         self._closed = False
         self._stop = threading.Event()
@@ -163,16 +162,8 @@ class AuditLog:
         return self._submit(list(events))
 
     def _submit(self, events: list[AuditEvent]) -> list[AuditReceipt]:
+        mine = _Pending([e.to_json() for e in events])  # validate and serialise outside the lock
         with self._mutex:
-            self._arriving += 1
-        try:
-            mine = _Pending([e.to_json() for e in events])
-        except BaseException:
-            with self._mutex:
-                self._arriving -= 1
-            raise
-        with self._mutex:
-            self._arriving -= 1
             if self._closed:
                 raise StoreError(f"Audit log {self.path} is closed.", hint="Open a new AuditLog.")
             if self._committing:
