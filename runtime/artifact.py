@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sealinfer.runtime.atomic import atomic_output
 from sealinfer.runtime.errors import (
     ArtifactError,
     HeaderError,
@@ -385,19 +386,11 @@ def rewrite_recipients(artifact: SealedArtifact, recipients: Sequence[WrappedKey
     """
     artifact._check_data_key(data_key)
     header = encode_header(artifact.manifest, artifact.signature_key_id, artifact.signature, recipients, data_key)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with artifact.path.open("rb") as src, tmp.open("wb") as dst:
-            dst.write(header)
-            src.seek(artifact.payload_offset)
-            while chunk := src.read(8 << 20):
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with artifact.path.open("rb") as src, atomic_output(out) as dst:
+        dst.write(header)
+        src.seek(artifact.payload_offset)
+        while chunk := src.read(8 << 20):
+            dst.write(chunk)
 
 
 def read_manifest(path: str | os.PathLike[str], keyring: Any | None = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from sealinfer.runtime.artifact import PayloadInfo, SealedArtifact, encode_header, manifest_digest, sign_manifest
+from sealinfer.runtime.atomic import atomic_output
 from sealinfer.runtime.errors import (
     CertificateError,
     ConfigurationError,
@@ -284,9 +285,8 @@ def _write(
     buf = bytearray(seg)
     fill = 0
     index = 0
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.partial")
     try:
-        with tmp.open("wb") as fh, progress_bar(plan.plaintext_size, label, enabled=progress) as bar:
+        with atomic_output(out) as fh, progress_bar(plan.plaintext_size, label, enabled=progress) as bar:
             fh.write(header)
             for chunk in plan.iter_chunks():
                 view = memoryview(chunk)
@@ -305,12 +305,6 @@ def _write(
             index += 1
             if index != payload.segment_count:
                 raise AssertionError("segment count mismatch")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         buf[:] = bytes(len(buf))
 

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding, aes_key_wrap_with_padding
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from sealinfer.runtime.atomic import atomic_output
 from sealinfer.runtime.errors import (
     KeyNotFoundError,
     KeyRevokedError,
@@ -88,17 +89,8 @@ def _canonical(data: Any) -> bytes:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Atomically write ``data`` to ``path`` with mode 0600 (created so, never chmod-ed after)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path, mode=0o600) as fh:
+        fh.write(data)
 
 
 def _check_private(path: Path) -> None:
