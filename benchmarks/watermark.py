@@ -21,21 +21,22 @@ KEY = bytes(range(32))
 PAYLOAD = b"owner:st-mary-hospital|site:07"
 
 
-def big_mlp(n_params: float, width: int = 4096, seed: int = 0) -> onnx.ModelProto:
-    """Gemm+Relu stack of width x width layers with He-initialised weights, ~n_params weights."""
+def big_mlp(n_params: float, width: int = 4096, classes: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """Gemm+Relu stack of width x width layers (He init) and a ``classes``-logit head, ~n_params weights."""
     g = np.random.default_rng(seed)
-    layers = max(2, round(n_params / (width * width)))
+    layers = max(2, round(n_params / (width * width))) + 1
     nodes, inits, cur = [], [], "x"
     for i in range(layers):
-        w = (g.standard_normal((width, width), dtype=np.float32) * np.float32(np.sqrt(2.0 / width)))
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(width, np.float32), f"b{i}")]
+        rows = classes if i == layers - 1 else width
+        w = (g.standard_normal((rows, width), dtype=np.float32) * np.float32(np.sqrt(2.0 / width)))
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(rows, np.float32), f"b{i}")]
         nodes.append(helper.make_node("Gemm", [cur, f"w{i}", f"b{i}"], [f"h{i}"], transB=1))
         cur = f"h{i}"
         if i < layers - 1:
             nodes.append(helper.make_node("Relu", [cur], [f"r{i}"]))
             cur = f"r{i}"
     graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", width])],
-                              [helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["b", width])], inits)
+                              [helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["b", classes])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -61,7 +62,8 @@ def timed(fn, *a, **k):
 def big_model_section(n_params: float) -> None:
     model, t_build = timed(big_mlp, n_params)
     n = sum(int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) == 2)
-    print(f"\n== {n / 1e6:.1f}M-parameter model ({len(model.graph.initializer) // 2} Gemm layers; built in {t_build:.1f}s)")
+    layers = len(model.graph.initializer) // 2
+    print(f"\n== {n / 1e6:.1f}M-parameter model ({layers} Gemm layers; built in {t_build:.1f}s)")
     (marked, receipt), t_embed = timed(wm.embed, model, KEY, PAYLOAD)
     det, t_detect = timed(wm.detect, marked, KEY)
     per_w = naive_projection_rate(model)

@@ -70,23 +70,25 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
     reference = runner.run(ws.arrays)
     share, price = _tensor_weights(runner, reference, ws.arrays, n_probes, probe_kind)
 
+    scales = [spread.tensor_scale(a) for a in ws.arrays]
+    # Pick the level from one cheap trial (spread moves only, at level 1; the output change scales
+    # linearly with strength), then mark fully and re-check, stepping down while the bound is missed.
+    trial = _spread_only(ws.arrays, lay, STRENGTH, protect_raw, share, scales)
+    per_level = compare(reference, runner.run(trial), n_probes, probe_kind).max_relative_change
+    aim = [i for i, lv in enumerate(STRENGTH_LEVELS) if lv * per_level <= max_relative_change * TARGET_SHARE]
+    start = aim[0] if aim else len(STRENGTH_LEVELS) - 1
     best: FidelityReport | None = None
-    fallback: tuple[list[np.ndarray], list[str], FidelityReport, float] | None = None
     chosen = None
-    for level in STRENGTH_LEVELS:
+    for level in STRENGTH_LEVELS[start:]:
         strength = STRENGTH * level
         arrays, survived = _mark(ws.arrays, lay, strength, pairs, codes, frame, protect_canon, protect_raw,
-                                 share, price)
+                                 share, price, scales)
         report = compare(reference, runner.run(arrays), n_probes, probe_kind)
         if best is None or report.max_relative_change < best.max_relative_change:
             best = report
-        if report.max_relative_change <= max_relative_change * TARGET_SHARE:
+        if report.max_relative_change <= max_relative_change:
             chosen = (arrays, survived, report, strength)
             break
-        if report.max_relative_change <= max_relative_change and (
-                fallback is None or report.max_relative_change < fallback[2].max_relative_change):
-            fallback = (arrays, survived, report, strength)  # within the bound: keep the gentlest
-    chosen = chosen or fallback
     if chosen is None:
         assert best is not None
         raise FidelityError(
@@ -138,21 +140,28 @@ def _tensor_weights(runner: ProbeRunner, reference: list[np.ndarray], arrays: li
     return share, per_weight / np.median(per_weight)
 
 
+def _spread_only(arrays: list[np.ndarray], lay: spread.SpreadLayout, strength: float,
+                 protect_raw: list[np.ndarray], share: np.ndarray | None, scales: list[float]) -> list[np.ndarray]:
+    step = spread.steps(lay, strength)
+    for _ in range(2):  # a second pass absorbs the share of frozen (protected) weights
+        p = spread.projections(lay, arrays, scales)
+        arrays = spread.apply_moves(lay, arrays, spread.error_to_target(p, step, lay), protect_raw, share, scales)
+    return arrays
+
+
 def _mark(arrays0: list[np.ndarray], lay: spread.SpreadLayout, strength: float, pairs: list[canonicalize.Pair],
           codes: list[lattice.LatticeCode], frame: np.ndarray, protect_canon: list[np.ndarray],
-          protect_raw: list[np.ndarray], share: np.ndarray | None,
-          price: np.ndarray | None) -> tuple[list[np.ndarray], list[str]]:
+          protect_raw: list[np.ndarray], share: np.ndarray | None, price: np.ndarray | None,
+          scales: list[float]) -> tuple[list[np.ndarray], list[str]]:
     step = spread.steps(lay, strength)
-    arrays = arrays0
-    for _ in range(2):  # a second pass absorbs the share of frozen (protected) weights
-        p = spread.projections(lay, arrays)
-        arrays = spread.apply_moves(lay, arrays, spread.error_to_target(p, step, lay), protect_raw, share)
-    arrays = _settle(lay, arrays, step, protect_raw, share, price, fix_float=True)
-    # The lattice goes last: it is the fragile channel, and its 2^-16 moves barely touch the spread chips.
+    arrays = _spread_only(arrays0, lay, strength, protect_raw, share, scales)
+    arrays = _settle(lay, arrays, step, protect_raw, share, price, scales, fix_float=True)
+    # The lattice goes last: it is the fragile channel, and its 2^-16 moves barely touch the spread chips;
+    # the second settle then flips only the few weights whose rounding they tipped.
     canon, tf = canonicalize.to_canonical(arrays, pairs)
     canon = [lattice.embed_tensor(c, codes[t], frame, protect_canon[t]) for t, c in enumerate(canon)]
     arrays = canonicalize.from_canonical(canon, tf)
-    arrays = _settle(lay, arrays, step, protect_raw, share, price, fix_float=False)
+    arrays = _settle(lay, arrays, step, protect_raw, share, price, scales, fix_float=False)
     survived = []
     for name, (simulate, _) in SIMULATORS.items():
         p = spread.projections(lay, [simulate(a) for a in arrays])
@@ -162,22 +171,32 @@ def _mark(arrays0: list[np.ndarray], lay: spread.SpreadLayout, strength: float, 
 
 
 def _settle(lay: spread.SpreadLayout, arrays: list[np.ndarray], step: np.ndarray, protect_raw: list[np.ndarray],
-            share: np.ndarray | None, price: np.ndarray | None, *, fix_float: bool) -> list[np.ndarray]:
+            share: np.ndarray | None, price: np.ndarray | None, scales: list[float], *,
+            fix_float: bool) -> list[np.ndarray]:
     """Nudge until every chip decodes with margin in float32 and after simulated FP16 and INT8."""
     history: list[int] = []
     no_flip = [m.copy() for m in protect_raw]
+    pending = set(SIMULATORS)
     for _ in range(NUDGE_ROUNDS):
         failing = 0
+        changed = False
         for sim in SIMULATORS:
-            arrays, n_bad = spread.nudge(lay, arrays, sim, step, NUDGE_MARGIN, no_flip, price)
+            if sim not in pending:
+                continue
+            arrays, n_bad = spread.nudge(lay, arrays, sim, step, NUDGE_MARGIN, no_flip, price, scales)
             failing += n_bad
+            changed = changed or n_bad > 0
+            if n_bad == 0:
+                pending.discard(sim)
+        if changed:  # a fix for one rounding may disturb the other: re-check both next round
+            pending = set(SIMULATORS)
         if fix_float:
-            p = spread.projections(lay, arrays)
+            p = spread.projections(lay, arrays, scales)
             bad = spread.bad_chips(p, step, lay, NUDGE_MARGIN)
             if bad.any():
                 failing += int(bad.sum())
                 moves = np.where(bad, spread.error_to_target(p, step, lay), 0.0)
-                arrays = spread.apply_moves(lay, arrays, moves, protect_raw, share)
+                arrays = spread.apply_moves(lay, arrays, moves, protect_raw, share, scales)
         history.append(failing)
         if failing == 0 or (len(history) > 3 and history[-1] >= history[-3]):
             break  # converged, or stuck: stop before flips start to cost fidelity

@@ -84,11 +84,14 @@ def tensor_scale(w: np.ndarray) -> float:
     return s if s > 0 else 1.0
 
 
-def projections(lay: SpreadLayout, arrays: list[np.ndarray]) -> np.ndarray:
+def projections(lay: SpreadLayout, arrays: list[np.ndarray], scales: list[float] | None = None) -> np.ndarray:
+    """Chip statistics; ``scales`` (per-tensor std) may be passed in by embed, which knows them, to save
+    a pass over the weights — detect always measures them on the model it is given."""
     acc = np.zeros(lay.n_chips, dtype=np.float64)
-    for a, c, s in zip(arrays, lay.chips, lay.signs, strict=True):
+    for t, (a, c, s) in enumerate(zip(arrays, lay.chips, lay.signs, strict=True)):
         x = a.reshape(-1) * s
-        acc += np.bincount(c, weights=x, minlength=lay.n_chips) / tensor_scale(a)
+        scale = tensor_scale(a) if scales is None else scales[t]
+        acc += np.bincount(c, weights=x, minlength=lay.n_chips) / scale
     return acc / np.sqrt(np.maximum(lay.sizes, 1))
 
 
@@ -113,7 +116,8 @@ def error_to_target(p: np.ndarray, step: np.ndarray, lay: SpreadLayout) -> np.nd
 
 
 def apply_moves(lay: SpreadLayout, arrays: list[np.ndarray], moves: np.ndarray,
-                frozen: list[np.ndarray] | None = None, weights: np.ndarray | None = None) -> list[np.ndarray]:
+                frozen: list[np.ndarray] | None = None, weights: np.ndarray | None = None,
+                scales: list[float] | None = None) -> list[np.ndarray]:
     """Spread each chip's projection move over its weights, tensor ``t`` taking a share ``weights[t]``.
 
     With weight v_t for tensor t, a weight of chip k moves by ``move_k * sign * v_t * sqrt(n_k) / sum v``
@@ -128,7 +132,8 @@ def apply_moves(lay: SpreadLayout, arrays: list[np.ndarray], moves: np.ndarray,
     per_weight = moves * np.sqrt(np.maximum(lay.sizes, 1)) / np.maximum(total, 1e-12)
     out = []
     for t, (a, c, s) in enumerate(zip(arrays, lay.chips, lay.signs, strict=True)):
-        delta = (per_weight[c] * (s * (v[t] * tensor_scale(a)))).astype(np.float32)
+        scale = tensor_scale(a) if scales is None else scales[t]
+        delta = (per_weight[c] * (s * np.float32(v[t] * scale))).astype(np.float32)
         if frozen is not None:
             delta[frozen[t].reshape(-1)] = 0.0
         out.append((a.reshape(-1) + delta).reshape(a.shape))
@@ -143,7 +148,8 @@ def bad_chips(p: np.ndarray, step: np.ndarray, lay: SpreadLayout, margin: float)
 
 
 def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarray, margin: float,
-          frozen: list[np.ndarray], price_scale: np.ndarray | None = None) -> tuple[list[np.ndarray], int]:
+          frozen: list[np.ndarray], price_scale: np.ndarray | None = None,
+          scales: list[float] | None = None) -> tuple[list[np.ndarray], int]:
     """Move the cheapest weights across a rounding boundary of ``sim`` until failing chips decode.
 
     Candidates from all tensors compete per chip on cost per unit of projection gain (both in
@@ -152,7 +158,7 @@ def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarra
     """
     simulate, neighbours = SIMULATORS[sim]
     simmed = [simulate(a) for a in arrays]
-    p = projections(lay, simmed)
+    p = projections(lay, simmed, scales)
     bad = bad_chips(p, step, lay, margin)
     n_bad = int(bad.sum())
     if n_bad == 0:
@@ -172,7 +178,7 @@ def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarra
         up = (need[ch] * s[sel]) > 0  # does moving this weight up raise its chip's projection?
         move = np.where(up, up_step, down_step)
         cost = np.where(up, up_cost, down_cost)
-        std = tensor_scale(simmed[t])
+        std = tensor_scale(simmed[t]) if scales is None else scales[t]
         gain = move / (std * np.sqrt(lay.sizes[ch]))
         # A flip must not overshoot the target, and only weights already near a rounding boundary are
         # cheap enough to flip (cost below a quarter level).
