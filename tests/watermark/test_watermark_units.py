@@ -43,7 +43,7 @@ def test_watermark_pilot_null_is_fair_coin():
     g = np.random.default_rng(0)
     c = g.standard_normal((64, 128)).astype(np.float32)
     fracs = []
-    for i in range(200):
+    for _ in range(200):
         tally = lattice.LatticeTally()
         lattice.tally_tensor(c, lattice.tensor_code(g.bytes(32), 0, c.shape, 264), 264, tally)
         fracs.append(tally.pilot_agree / tally.pilot_total)
