@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import onnxruntime as ort
 
+from sealinfer.runtime.admission import check_manifest, verify_watermark
 from sealinfer.runtime.artifact import SealedArtifact
 from sealinfer.runtime.caller import Caller
 from sealinfer.runtime.errors import (
-    CertificateError,
     ConfigurationError,
     SealinferError,
     UntrustedSignerError,
-    WatermarkError,
 )
 from sealinfer.runtime.keys.base import KeyProvider
 from sealinfer.runtime.keys.keyring import Keyring
@@ -243,7 +242,7 @@ class Runtime:
             artifact = self._verified(path)
             manifest = artifact.manifest
             details.update(signature="valid", signer_key_id=artifact.signature_key_id)
-            self._check_manifest(manifest, details)
+            check_manifest(self.profile, manifest, details)
             model = manifest["model"]
             resource = ModelResource(
                 str(model["name"]), str(model["version"]), str(model["sha256"]), bool(manifest["phi"])
@@ -267,7 +266,7 @@ class Runtime:
             data_key = artifact.unwrap_data_key(self._providers, revoked=self.keyring.is_revoked)
             decrypted = open_decrypted(artifact, data_key, progress=progress)
             try:
-                self._verify_watermark(manifest, decrypted, details)
+                verify_watermark(self.profile, self.keyring, manifest, decrypted, details)
             except BaseException:
                 decrypted.close()
                 raise
@@ -300,48 +299,6 @@ class Runtime:
                 param_bytes=int(model.get("param_bytes", 0)),
             )
         return session
-
-    def _check_manifest(self, manifest: dict[str, Any], details: dict[str, Any]) -> None:
-        """The artifact must have been compiled for this profile and meet its DP and watermark rules."""
-        profile = self.profile
-        assert profile is not None
-        compiled_for = manifest.get("policy_profile")
-        if compiled_for != profile.id:
-            raise ConfigurationError(
-                f"This artifact was compiled for policy profile {compiled_for!r}, not {profile.id!r}.",
-                hint=f"Re-seal it with `sealinfer seal --policy {profile.id}` so its checks are made at compile time.",
-            )
-        privacy = manifest.get("privacy")
-        details["dp_epsilon"] = privacy.get("epsilon") if privacy else None
-        limit = profile.privacy.max_epsilon
-        if profile.privacy.require_certificate and not privacy:
-            raise CertificateError(
-                f"Profile {profile.id!r} requires a DP certificate and this artifact has none.",
-                hint="Train with sealinfer.privacy.train_dp and seal with --dp-cert.",
-            )
-        if privacy and limit is not None and float(privacy["epsilon"]) > limit:
-            raise CertificateError(
-                f"The model's DP epsilon {privacy['epsilon']:.3g} exceeds profile {profile.id!r}'s limit {limit:g}.",
-                hint="Retrain with more noise or fewer steps (sealinfer.privacy.train_dp, lower target_epsilon).",
-            )
-        mark = manifest.get("watermark")
-        details["watermark"] = "committed" if mark else "absent"
-        if profile.watermark.required and not mark:
-            raise WatermarkError(
-                f"Profile {profile.id!r} requires a watermarked model and this artifact has none.",
-                hint="Re-seal with --watermark-payload.",
-            )
-
-    def _verify_watermark(self, manifest: dict[str, Any], decrypted: DecryptedModel, details: dict[str, Any]) -> None:
-        mark = manifest.get("watermark")
-        if not mark or self.profile is None or not self.profile.watermark.verify_on_load:
-            return
-        from sealinfer import watermark
-
-        _, key = self.keyring.secret("watermark", mark["key_id"])
-        detection = watermark.verify_commitment(decrypted.to_model_proto(), key, mark)
-        details["watermark"] = "verified"
-        details["watermark_p_value"] = float(detection.p_value)
 
     def _audit_load(
         self,
