@@ -10,7 +10,7 @@ from sealinfer.watermark.graph import WeightSet, read_weights
 STRENGTH = 2.0e-4  # spread channel: per-weight rms change, in tensor-std units, at level 1
 # Embed uses the strongest level whose output change stays within half the bound (else the strongest
 # within the bound): a stronger mark survives more noise. Detect tries each level (Bonferroni).
-STRENGTH_LEVELS = (8.0, 4.0, 2.0, 1.0, 0.5)
+STRENGTH_LEVELS = (8.0, 4.0, 2.0, 1.0, 0.5, 0.25)
 
 
 def carriers(model: onnx.ModelProto) -> WeightSet:

@@ -43,13 +43,13 @@ def simulate_fp16(w: np.ndarray) -> np.ndarray:
     return w.astype(np.float16).astype(np.float32)
 
 
-def int8_neighbours(w: np.ndarray, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rounding neighbours of the weights ``w`` taken from ``tensor`` (which sets the INT8 scale).
+def int8_neighbours(w: np.ndarray, absmax: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rounding neighbours of the weights ``w`` of a tensor whose max-abs (which sets the scale) is ``absmax``.
 
     Returns ``(up_step, up_cost, down_step, down_cost)``: moving the float weight just past the boundary
     changes its quantized value by ``up_step`` (>0) at a float cost of ``up_cost``, likewise downwards.
     """
-    scale = np.float32(int8_scale(tensor))
+    scale = np.float32(absmax / INT8_QMAX if absmax > 0 else 1.0)
     q = np.rint(w / scale)
     up_cost = ((q + 0.5) * scale - w).astype(np.float32)
     down_cost = (w - (q - 0.5) * scale).astype(np.float32)
@@ -60,7 +60,7 @@ def int8_neighbours(w: np.ndarray, tensor: np.ndarray) -> tuple[np.ndarray, np.n
     return up_step, up_cost, down_step, down_cost
 
 
-def fp16_neighbours(w: np.ndarray, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def fp16_neighbours(w: np.ndarray, absmax: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     h = w.astype(np.float16)
     up = np.nextafter(h, np.float16(np.inf)).astype(np.float32)
     down = np.nextafter(h, np.float16(-np.inf)).astype(np.float32)

@@ -29,22 +29,37 @@ LARGE_MODEL = 1_000_000
 MAX_NUDGE_PRICE = 3.0  # relative to the median tensor's per-weight output sensitivity
 MAX_FLIP_COST = 0.25  # of a rounding level
 MIN_CHIP = 24  # weights per chip below which the per-weight change would not stay small
+BLOCK = 64  # weights per chip block in large models
 
 
 @dataclass
 class SpreadLayout:
-    chips: list[np.ndarray]  # per tensor: chip id of each element (int32)
-    signs: list[np.ndarray]  # per tensor: +-1 (float32)
+    chips: list[np.ndarray]  # per tensor: chip id of each block of ``block`` consecutive elements (int32)
+    signs: list[np.ndarray]  # per tensor: +-1 per element (float32)
     sizes: np.ndarray  # weights per chip
     dither: np.ndarray  # per chip, in [0, 1)
     bits: np.ndarray  # intended bit per chip (pilots filled in; payload chips filled by embed)
     n_pilot: int
     n_frame: int
     repeats: int
+    block: int = 1
 
     @property
     def n_chips(self) -> int:
         return self.sizes.size
+
+    def element_chips(self, t: int) -> np.ndarray:
+        c = self.chips[t]
+        return c if self.block == 1 else np.repeat(c, self.block)[: self.signs[t].size]
+
+    def block_sums(self, t: int, x: np.ndarray) -> np.ndarray:
+        """Sum ``x`` (one value per element of tensor t) within each block."""
+        if self.block == 1:
+            return x
+        nb = self.chips[t].size
+        if x.size != nb * self.block:
+            x = np.concatenate([x, np.zeros(nb * self.block - x.size, dtype=x.dtype)])
+        return x.reshape(nb, self.block).sum(axis=1, dtype=np.float64)
 
 
 def chip_plan(n_weights: int) -> tuple[int, int]:
@@ -59,24 +74,35 @@ def chip_plan(n_weights: int) -> tuple[int, int]:
 
 
 def layout(key: bytes, shapes: list[tuple[int, ...]], n_frame: int) -> SpreadLayout:
-    n_pilot, repeats = chip_plan(int(sum(int(np.prod(s)) for s in shapes)))
+    """Key-derived chip of every block and sign of every weight.
+
+    Large models assign chips per block of ``BLOCK`` consecutive weights (signs stay per weight), so a
+    projection is a contiguous reshape-and-sum instead of a scatter over every weight: the 100M-weight
+    case becomes memory-bandwidth bound. Each chip still spans ~N/(K*BLOCK) blocks from all tensors.
+    """
+    n_weights = int(sum(int(np.prod(s)) for s in shapes))
+    n_pilot, repeats = chip_plan(n_weights)
+    block = BLOCK if n_weights >= LARGE_MODEL else 1
     n_chips = n_pilot + n_frame * repeats
     chips, signs = [], []
     sizes = np.zeros(n_chips, dtype=np.int64)
     for t, shape in enumerate(shapes):
         g = rng(key, f"spread/{t}/{'x'.join(map(str, shape))}")
         size = int(np.prod(shape))
-        r = g.integers(0, 2**31, size=size, dtype=np.int32)  # one draw: low bit = sign, the rest = chip
-        c = (r >> 1) % n_chips
-        s = ((r & 1) * 2 - 1).astype(np.float32)
-        sizes += np.bincount(c, minlength=n_chips)
+        nb = -(-size // block)
+        c = g.integers(0, n_chips, size=nb, dtype=np.int32)
+        bits = np.unpackbits(np.frombuffer(g.bytes(-(-size // 8)), dtype=np.uint8))[:size]
+        s = bits.astype(np.float32) * 2 - 1
+        lengths = np.full(nb, block, dtype=np.int64)
+        lengths[-1] = size - (nb - 1) * block
+        sizes += np.bincount(c, weights=lengths, minlength=n_chips).astype(np.int64)
         chips.append(c)
         signs.append(s)
     g = rng(key, "spread/chips")
     dither = g.random(n_chips)
     bits = np.zeros(n_chips, dtype=np.uint8)
     bits[:n_pilot] = g.integers(0, 2, size=n_pilot, dtype=np.uint8)
-    return SpreadLayout(chips, signs, sizes, dither, bits, n_pilot, n_frame, repeats)
+    return SpreadLayout(chips, signs, sizes, dither, bits, n_pilot, n_frame, repeats, block)
 
 
 def tensor_scale(w: np.ndarray) -> float:
@@ -89,7 +115,7 @@ def projections(lay: SpreadLayout, arrays: list[np.ndarray], scales: list[float]
     a pass over the weights — detect always measures them on the model it is given."""
     acc = np.zeros(lay.n_chips, dtype=np.float64)
     for t, (a, c, s) in enumerate(zip(arrays, lay.chips, lay.signs, strict=True)):
-        x = a.reshape(-1) * s
+        x = lay.block_sums(t, a.reshape(-1) * s)
         scale = tensor_scale(a) if scales is None else scales[t]
         acc += np.bincount(c, weights=x, minlength=lay.n_chips) / scale
     return acc / np.sqrt(np.maximum(lay.sizes, 1))
@@ -127,11 +153,13 @@ def apply_moves(lay: SpreadLayout, arrays: list[np.ndarray], moves: np.ndarray,
     v = np.ones(len(arrays)) if weights is None else np.asarray(weights, dtype=np.float64)
     total = np.zeros(lay.n_chips)
     for t, (c, fz) in enumerate(zip(lay.chips, frozen or [None] * len(arrays), strict=True)):
-        live = c if fz is None else c[~fz.reshape(-1)]
-        total += v[t] * np.bincount(live, minlength=lay.n_chips)
-    per_weight = moves * np.sqrt(np.maximum(lay.sizes, 1)) / np.maximum(total, 1e-12)
+        alive = np.ones(lay.signs[t].size) if fz is None else (~fz.reshape(-1)).astype(np.float64)
+        live = lay.block_sums(t, alive)
+        total += v[t] * np.bincount(c, weights=live, minlength=lay.n_chips)
+    per_weight = (moves * np.sqrt(np.maximum(lay.sizes, 1)) / np.maximum(total, 1e-12)).astype(np.float32)
     out = []
-    for t, (a, c, s) in enumerate(zip(arrays, lay.chips, lay.signs, strict=True)):
+    for t, (a, s) in enumerate(zip(arrays, lay.signs, strict=True)):
+        c = lay.element_chips(t)
         scale = tensor_scale(a) if scales is None else scales[t]
         delta = (per_weight[c] * (s * np.float32(v[t] * scale))).astype(np.float32)
         if frozen is not None:
@@ -165,16 +193,27 @@ def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarra
         return arrays, 0
     need = error_to_target(p, step, lay)  # signed projection change wanted per chip
     parts = []
-    for t, (a, c, s) in enumerate(zip(arrays, lay.chips, lay.signs, strict=True)):
+    for t, (a, s) in enumerate(zip(arrays, lay.signs, strict=True)):
         if price_scale is not None and price_scale[t] > MAX_NUDGE_PRICE:
             continue  # a tensor this sensitive is never worth a rounding flip
+        blocks = np.flatnonzero(bad[lay.chips[t]])
+        if blocks.size == 0:
+            continue
         flat = a.reshape(-1)
-        limit = 0.99 * float(np.max(np.abs(flat)))  # never touch the max: it sets the INT8 scale
-        sel = np.flatnonzero(bad[c] & ~frozen[t].reshape(-1) & (np.abs(flat) < limit))
+        if lay.block == 1:
+            sel = blocks
+        else:
+            sel = (blocks[:, None] * lay.block + np.arange(lay.block)).ravel()
+            sel = sel[sel < flat.size]
+        absmax = float(np.max(np.abs(flat)))
+        vals = flat[sel]
+        keep = ~frozen[t].reshape(-1)[sel] & (np.abs(vals) < 0.99 * absmax)  # the max sets the INT8 scale
+        sel, vals = sel[keep], vals[keep]
         if sel.size == 0:
             continue
-        up_step, up_cost, down_step, down_cost = neighbours(flat[sel], flat)
-        ch = c[sel]
+        c = lay.chips[t][sel // lay.block]
+        up_step, up_cost, down_step, down_cost = neighbours(vals, absmax)
+        ch = c
         up = (need[ch] * s[sel]) > 0  # does moving this weight up raise its chip's projection?
         move = np.where(up, up_step, down_step)
         cost = np.where(up, up_cost, down_cost)
@@ -182,7 +221,9 @@ def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarra
         gain = move / (std * np.sqrt(lay.sizes[ch]))
         # A flip must not overshoot the target, and only weights already near a rounding boundary are
         # cheap enough to flip (cost below a quarter level).
-        ok = (gain > 0) & (gain < 2 * np.abs(need[ch])) & (cost <= MAX_FLIP_COST * move)
+        # Big chips have plenty of weights right at a boundary: consider only those (cheaper and faster).
+        cap = np.clip(200.0 / lay.sizes[ch], 0.02, MAX_FLIP_COST)
+        ok = (gain > 0) & (gain < 2 * np.abs(need[ch])) & (cost <= cap * move)
         sign = np.where(up, 1.0, -1.0)
         delta = sign * (cost + 0.05 * move)  # land 5% of a level past the boundary
         ps = 1.0 if price_scale is None else float(price_scale[t])
