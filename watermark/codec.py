@@ -1,7 +1,9 @@
 """Payload framing, repetition coding and the exact null distributions used for p-values.
 
-The frame is a length byte followed by the payload zero-padded to ``payload_bits``; the frame is
-XORed with key-derived bits so every embedded bit is balanced whatever the payload. Redundancy is
+The frame is a length byte, the payload zero-padded to ``payload_bits`` and a 32-bit keyed tag
+(HMAC-SHA256 under the watermark key); the frame is XORed with key-derived bits so every embedded bit
+is balanced whatever the payload. A frame whose tag does not verify decodes to ``None``: detection can
+then still say "this is our model" (pilots) without ever naming a wrong payload. Redundancy is
 layered: each frame bit is repeated ``R`` times in the spread channel (majority vote) and spread over
 hundreds of weights in the lattice channel; the signed commitment's SHA-256 then catches any residual
 error (``verify_commitment``).
@@ -16,8 +18,10 @@ past float range, are replaced by the (larger, hence conservative) Chernoff boun
 from __future__ import annotations
 
 import math
+from hmac import compare_digest as hmac_compare
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes, hmac
 from scipy.stats import binom
 
 from sealinfer.watermark.errors import PayloadError
@@ -25,10 +29,17 @@ from sealinfer.watermark.keys import whitening_bits
 
 PAYLOAD_BITS = 256
 LENGTH_BITS = 8
+TAG_BYTES = 4  # keyed check: a misread payload is reported as unknown, never as someone else's text
 
 
 def frame_bits(payload_bits: int = PAYLOAD_BITS) -> int:
-    return LENGTH_BITS + payload_bits
+    return LENGTH_BITS + payload_bits + 8 * TAG_BYTES
+
+
+def _tag(key: bytes, head: bytes) -> bytes:
+    mac = hmac.HMAC(key, hashes.SHA256())
+    mac.update(b"sealinfer-wm-v1/payload-tag" + head)
+    return mac.finalize()[:TAG_BYTES]
 
 
 def check_payload(payload: bytes, payload_bits: int = PAYLOAD_BITS) -> bytes:
@@ -46,19 +57,21 @@ def check_payload(payload: bytes, payload_bits: int = PAYLOAD_BITS) -> bytes:
 def encode(payload: bytes, key: bytes, payload_bits: int = PAYLOAD_BITS) -> np.ndarray:
     """The whitened frame (length byte + padded payload) as a uint8 0/1 array."""
     payload = check_payload(payload, payload_bits)
-    raw = bytes([len(payload)]) + payload.ljust(payload_bits // 8, b"\0")
+    head = bytes([len(payload)]) + payload.ljust(payload_bits // 8, b"\0")
+    raw = head + _tag(key, head)
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))
     return bits ^ whitening_bits(key, bits.size)
 
 
 def decode(bits: np.ndarray, key: bytes, payload_bits: int = PAYLOAD_BITS) -> bytes | None:
-    """Inverse of ``encode``; ``None`` when the length byte is out of range (nothing trustworthy)."""
+    """Inverse of ``encode``; ``None`` unless the keyed tag and length check out (nothing trustworthy)."""
     plain = np.asarray(bits, dtype=np.uint8) ^ whitening_bits(key, frame_bits(payload_bits))
     raw = np.packbits(plain).tobytes()
-    n = raw[0]
-    if not 1 <= n <= payload_bits // 8:
+    head, tag = raw[: 1 + payload_bits // 8], raw[1 + payload_bits // 8:]
+    n = head[0]
+    if not 1 <= n <= payload_bits // 8 or not hmac_compare(_tag(key, head), tag):
         return None
-    return raw[1 : 1 + n]
+    return head[1 : 1 + n]
 
 
 def majority(votes_for_one: np.ndarray, votes_total: np.ndarray) -> np.ndarray:

@@ -71,7 +71,13 @@ def detect(model: onnx.ModelProto, key: bytes, *, payload_bits: int = codec.PAYL
     best = min(channels, key=lambda c: c.log_p)
     log_p = min(0.0, best.log_p + math.log(len(channels)))  # Bonferroni over channels
     detected = log_p <= math.log(threshold_p)
-    payload = codec.decode(best.frame_bits, key, payload_bits) if detected and best.frame_bits is not None else None
+    payload = None
+    if detected:  # the first channel (by evidence) whose frame carries a valid keyed tag
+        for ch in sorted(channels, key=lambda c: c.log_p):
+            if ch.frame_bits is not None:
+                payload = codec.decode(ch.frame_bits, key, payload_bits)
+                if payload is not None:
+                    break
     return Detection(
         detected=detected,
         payload=payload,

@@ -162,3 +162,30 @@ def permute_and_rescale(model: onnx.ModelProto, seed: int = 0) -> tuple[onnx.Mod
         put(wb, b_new.T if c.op_type == "MatMul" else b_new)
         layers += 1
     return out, layers
+
+
+def to_int8_qdq(model: onnx.ModelProto, per_channel: bool = False) -> onnx.ModelProto:
+    """QDQ layout: int8 weight initializers (symmetric) feeding DequantizeLinear nodes."""
+    out = _copy(model)
+    names = set(_weight_names(out))
+    nodes = []
+    for t in out.graph.initializer:
+        if t.name not in names:
+            continue
+        w = numpy_helper.to_array(t)
+        if per_channel:
+            scale = (np.abs(w).reshape(w.shape[0], -1).max(axis=1) / 127.0).astype(np.float32)
+            q = np.rint(w / scale.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.int8)
+            zp = np.zeros(w.shape[0], np.int8)
+        else:
+            scale = np.float32(np.abs(w).max() / 127.0)
+            q, zp = np.rint(w / scale).astype(np.int8), np.int8(0)
+        name = t.name
+        t.CopyFrom(numpy_helper.from_array(q, name + "_q"))
+        out.graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32), name + "_s"),
+                                      numpy_helper.from_array(np.asarray(zp), name + "_zp")])
+        nodes.append(helper.make_node("DequantizeLinear", [name + "_q", name + "_s", name + "_zp"], [name], axis=0))
+    rest = list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes + rest)
+    return out

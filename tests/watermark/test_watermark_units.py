@@ -17,7 +17,7 @@ def test_watermark_frame_round_trip_and_whitening():
     key = b"k" * 32
     for payload in (b"a", b"owner|site", bytes(range(32))):
         bits = codec.encode(payload, key)
-        assert bits.size == 264
+        assert bits.size == 296
         assert codec.decode(bits, key) == payload
     # whitening: an all-zero payload does not embed (mostly) zero bits
     assert 0.3 < codec.encode(b"\0" * 32, key).mean() < 0.7
@@ -45,7 +45,7 @@ def test_watermark_pilot_null_is_fair_coin():
     fracs = []
     for _ in range(200):
         tally = lattice.LatticeTally()
-        lattice.tally_tensor(c, lattice.tensor_code(g.bytes(32), 0, c.shape, 264), 264, tally)
+        lattice.tally_tensor(c, lattice.tensor_code(g.bytes(32), 0, c.shape, 296), 296, tally)
         fracs.append(tally.pilot_agree / tally.pilot_total)
     z = (np.mean(fracs) - 0.5) / (0.5 / math.sqrt(4096 * 200))
     assert abs(z) < 4
