@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from sealinfer.watermark.graph import FLOAT_OPS, INT_OPS, WeightRef, pairing_graph
+from sealinfer.watermark.graph import FLOAT_OPS, INT_OPS, WeightRef, _Graph, pairing_graph
 
 ACTIVATIONS = {"Relu", "LeakyRelu"}
 CHANNELWISE = {"Cast", "Identity", "Dropout", "MaxPool", "DynamicQuantizeLinear", "QuantizeLinear",
@@ -91,15 +91,14 @@ def find_pairs(model: onnx.ModelProto, refs: list[WeightRef]) -> list[Pair]:
     return pairs
 
 
-def _other_is_constantish(gr: object, node: onnx.NodeProto, through: str) -> bool:
+def _other_is_constantish(gr: _Graph, node: onnx.NodeProto, through: str) -> bool:
     others = [i for i in node.input if i != through]
     if len(others) != 1:
         return False
     name = others[0]
-    g = gr  # type: ignore[assignment]
-    if name in g.inits:  # type: ignore[attr-defined]
+    if name in gr.inits:
         return True
-    prod = g.producer.get(name)  # type: ignore[attr-defined]
+    prod = gr.producer.get(name)
     # Reshape/Unsqueeze of a bias, or the product of two quantization scales.
     return prod is not None and prod.op_type in ("Reshape", "Unsqueeze", "Identity", "Cast", "Mul", "Constant")
 
