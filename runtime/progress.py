@@ -21,6 +21,7 @@ def progress_bar(total: int, label: str, *, enabled: bool) -> Iterator[Any]:
         return
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no background monitor thread: our bars are updated from the work loop
     with tqdm(
         total=total,
         desc=label,
