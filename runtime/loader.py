@@ -1,9 +1,10 @@
 """Decrypt a sealed payload into memory and open it with onnxruntime, never touching disk.
 
-The whole payload is decrypted, segment by segment, straight into one preallocated buffer (no
-intermediate copies). Weights are handed to onnxruntime as zero-copy ``OrtValue`` views of that
-buffer through ``SessionOptions.add_external_initializers``; the buffer is kept alive by the
-``DecryptedModel`` for as long as the session lives, and zeroed when it is closed.
+The whole payload is decrypted, segment by segment, straight out of an mmap of the artifact into one
+preallocated buffer. The graph goes to onnxruntime as bytes; the weights as one in-memory "external
+data file" (``SessionOptions.add_external_initializers_from_files_in_memory``), which onnxruntime
+copies or prepacks while it builds the session. The buffer is then zeroed and dropped, so a loaded
+model keeps no plaintext copy of its weights of its own and its memory matches a plain session's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from google.protobuf.message import DecodeError
 from sealinfer.runtime.artifact import SealedArtifact, read_manifest
 from sealinfer.runtime.errors import ArtifactError, IntegrityError, ModelError, TruncatedArtifactError
 from sealinfer.runtime.keys.base import KeyProvider
-from sealinfer.runtime.layout import is_sealed_reference, tensor_view
+from sealinfer.runtime.layout import WEIGHTS_LOCATION, is_sealed_reference, tensor_view
 from sealinfer.runtime.progress import progress_bar
 from sealinfer.runtime.stream import TAG_BYTES, StreamDecryptor
 
@@ -74,19 +75,28 @@ def decrypt_payload(
 
 @dataclass
 class DecryptedModel:
-    """A decrypted graph plus the buffer its weights live in. Owns plaintext: close() zeroes it."""
+    """A decrypted graph plus the buffer its weights live in. Owns plaintext: close() zeroes it.
+
+    The weights reach onnxruntime as one in-memory "external data file" (``WEIGHTS_LOCATION``)
+    through ``SessionOptions.add_external_initializers_from_files_in_memory``, which copies (or
+    prepacks) them while the session is created. So once a session exists the buffer is zeroed and
+    dropped (``release``): a loaded model holds no second plaintext copy of its weights, and its
+    resident memory matches a plain ``InferenceSession(path)``.
+    """
 
     graph: onnx.ModelProto
     graph_serialized: bytes
     buffer: np.ndarray
     weights_offset: int
-    initializer_names: list[str] = field(default_factory=list)
-    initializer_values: list[Any] = field(default_factory=list)
+    weights_length: int
+    released: bool = field(default=False)
 
     def session_options(self, base: ort.SessionOptions | None = None) -> ort.SessionOptions:
+        self._require_weights()
         so = base or ort.SessionOptions()
-        if self.initializer_names:
-            so.add_external_initializers(self.initializer_names, self.initializer_values)
+        if self.weights_length:
+            weights = self.buffer[self.weights_offset : self.weights_offset + self.weights_length]
+            so.add_external_initializers_from_files_in_memory([WEIGHTS_LOCATION], [weights], [self.weights_length])
         return so
 
     def graph_bytes(self) -> bytes:
@@ -94,6 +104,7 @@ class DecryptedModel:
 
     def to_model_proto(self) -> onnx.ModelProto:
         """A self-contained ModelProto with weights inlined (for watermark detection), in memory."""
+        self._require_weights()
         model = onnx.ModelProto()
         model.CopyFrom(self.graph)
         for t in model.graph.initializer:
@@ -104,15 +115,28 @@ class DecryptedModel:
                 t.raw_data = data
         return model
 
+    def _require_weights(self) -> None:
+        if self.released:
+            raise ArtifactError(
+                "The decrypted weights were already handed to onnxruntime and erased.",
+                hint="Open the artifact again (Runtime.open_artifact + open_decrypted) to read its weights.",
+            )
+
+    def release(self) -> None:
+        """Zero the plaintext weights and drop the buffer (after onnxruntime has its own copy)."""
+        if not self.released:
+            self.buffer.fill(0)
+            self.buffer = np.empty(0, dtype=np.uint8)
+            self.released = True
+
     def close(self) -> None:
-        self.initializer_values.clear()
-        self.buffer.fill(0)
+        self.release()
 
 
 def open_decrypted(artifact: SealedArtifact, data_key: bytes, *, progress: bool = False) -> DecryptedModel:
     buf = decrypt_payload(artifact, data_key, progress=progress)
     g_off, g_len = artifact.payload.sections.get("graph", (0, 0))
-    w_off, _ = artifact.payload.sections.get("weights", (g_len, 0))
+    w_off, w_len = artifact.payload.sections.get("weights", (g_len, 0))
     graph_serialized = buf[g_off : g_off + g_len].tobytes()
     try:
         graph = onnx.ModelProto.FromString(graph_serialized)
@@ -122,13 +146,7 @@ def open_decrypted(artifact: SealedArtifact, data_key: bytes, *, progress: bool 
             "The decrypted graph is not a valid ONNX model although it authenticated.",
             hint="The artifact was produced by a faulty sealer; re-seal the model.",
         ) from None
-    model = DecryptedModel(graph, graph_serialized, buf, w_off)
-    for t in graph.graph.initializer:
-        if is_sealed_reference(t):
-            view = tensor_view(buf, w_off, t)
-            model.initializer_names.append(t.name)
-            model.initializer_values.append(ort.OrtValue.ortvalue_from_numpy(view))
-    return model
+    return DecryptedModel(graph, graph_serialized, buf, w_off, w_len)
 
 
 def create_inference_session(
@@ -137,13 +155,17 @@ def create_inference_session(
     providers: Sequence[Any] | None = None,
     session_options: ort.SessionOptions | None = None,
 ) -> ort.InferenceSession:
+    """Create the onnxruntime session, then erase the decrypted weights (onnxruntime holds its own)."""
     so = model.session_options(session_options)
     try:
         if providers is None and so.has_providers():  # devices added through add_provider_for_devices
-            return ort.InferenceSession(model.graph_bytes(), sess_options=so)
-        return ort.InferenceSession(
-            model.graph_bytes(), sess_options=so, providers=providers or ["CPUExecutionProvider"]
-        )
+            session = ort.InferenceSession(model.graph_bytes(), sess_options=so)
+        else:
+            session = ort.InferenceSession(
+                model.graph_bytes(), sess_options=so, providers=providers or ["CPUExecutionProvider"]
+            )
+        model.release()
+        return session
     except (
         ort.capi.onnxruntime_pybind11_state.Fail,
         ort.capi.onnxruntime_pybind11_state.InvalidGraph,

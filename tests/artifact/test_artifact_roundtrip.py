@@ -132,3 +132,17 @@ def test_seal_is_atomic_and_rejects_bad_models(tmp_path: Path, keyring: Keyring)
     with pytest.raises(OnnxCheckError, match="fails the ONNX checker"):
         seal_model(tmp_path / "bad.onnx", tmp_path / "out.sealed", keyring=keyring)
     assert not any(p.name.endswith((".sealed", ".partial")) for p in tmp_path.iterdir())
+
+
+def test_loaded_session_keeps_no_plaintext_weights_of_its_own(tmp_path: Path, keyring: Keyring):
+    from sealinfer.runtime.errors import ArtifactError
+
+    path = models.save(models.mlp(30, 256, 2), tmp_path / "m.onnx")
+    seal_model(path, tmp_path / "m.sealed", keyring=keyring)
+    session = Runtime(keyring).load(tmp_path / "m.sealed")
+    decrypted = session._decrypted  # noqa: SLF001 - the test inspects what the session still holds
+    assert decrypted.released and decrypted.buffer.size == 0
+    with pytest.raises(ArtifactError, match="erased"):
+        decrypted.to_model_proto()
+    x = np.ones((2, 30), np.float32)
+    assert np.array_equal(session.run({"input": x})["logits"], _plain(path, {"input": x})[0])
