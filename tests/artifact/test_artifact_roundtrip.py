@@ -140,7 +140,7 @@ def test_loaded_session_keeps_no_plaintext_weights_of_its_own(tmp_path: Path, ke
     path = models.save(models.mlp(30, 256, 2), tmp_path / "m.onnx")
     seal_model(path, tmp_path / "m.sealed", keyring=keyring)
     session = Runtime(keyring).load(tmp_path / "m.sealed")
-    decrypted = session._decrypted  # noqa: SLF001 - the test inspects what the session still holds
+    decrypted = session._decrypted
     assert decrypted.released and decrypted.buffer.size == 0
     with pytest.raises(ArtifactError, match="erased"):
         decrypted.to_model_proto()
