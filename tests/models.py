@@ -72,6 +72,34 @@ def wide_model(n_bytes: int, *, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def deep_mlp(in_dim: int, width: int, depth: int, out_dim: int, *, seed: int = 0) -> onnx.ModelProto:
+    """x[N, in] -> (Gemm -> Relu) x depth -> Gemm: compute-heavy with small inputs and outputs."""
+    rng = np.random.default_rng(seed)
+    dims = [in_dim, *([width] * depth), out_dim]
+    nodes, inits, prev = [], [], "input"
+    for i in range(len(dims) - 1):
+        w = (rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"W{i}"),
+            numpy_helper.from_array(np.zeros(dims[i + 1], np.float32), f"B{i}"),
+        ]
+        out = "logits" if i == len(dims) - 2 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"B{i}"], [out if out == "logits" else f"g{i}"]))
+        if out != "logits":
+            nodes.append(helper.make_node("Relu", [f"g{i}"], [out]))
+        prev = out
+    graph = helper.make_graph(
+        nodes,
+        "deep_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", in_dim])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", out_dim])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
 def save(model: onnx.ModelProto, path: Path, *, external: bool = False) -> Path:
     if external:
         onnx.save_model(

@@ -9,6 +9,7 @@ policy approved.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sealinfer.runtime.scheduler.devices import DeviceDescriptor
@@ -19,7 +20,7 @@ def _matching_ep_devices(ort: Any, device: DeviceDescriptor) -> list[Any]:
     matches = [d for d in ort.get_ep_devices() if d.ep_name == device.provider]
     wanted = device.provider_options.get("device_id")
     if wanted is not None and len(matches) > 1:
-        matches = [d for d in matches if str(d.device.device_id) == wanted] or matches[int(wanted):int(wanted) + 1]
+        matches = [d for d in matches if str(d.device.device_id) == wanted] or matches[int(wanted) : int(wanted) + 1]
     return matches[:1]
 
 
@@ -31,9 +32,10 @@ def session_options_for(device: DeviceDescriptor) -> tuple[Any, list[Any]]:
     if device.intra_op_threads:
         options.intra_op_num_threads = device.intra_op_threads
     options.inter_op_num_threads = 1
-    if device.kind == "cpu":
-        # CPU "devices" are thread partitions of shared cores: spinning threads would steal the
-        # cores another partition was promised.
+    if device.kind == "cpu" and device.intra_op_threads and device.intra_op_threads < (os.cpu_count() or 1):
+        # A CPU "device" that is a partition of shared cores must not spin: its idle threads would
+        # steal the cores another partition was promised. A device spanning every core keeps
+        # onnxruntime's default (spinning), which is faster for back-to-back requests.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device.provider not in ort.get_available_providers():
         raise DeviceUnavailableError(
