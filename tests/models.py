@@ -60,16 +60,7 @@ def wide_model(n_bytes: int, *, seed: int = 0) -> onnx.ModelProto:
         nodes.append(helper.make_node("MatMul", [prev, f"W{i}"], [f"h{i}"]))
         prev = f"h{i}"
     nodes.append(helper.make_node("Identity", [prev], ["output"]))
-    graph = helper.make_graph(
-        nodes,
-        "wide",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", width])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", width])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    return model
+    return _model(nodes, inits, "wide", ("input", width), ("output", width))
 
 
 def deep_mlp(in_dim: int, width: int, depth: int, out_dim: int, *, seed: int = 0) -> onnx.ModelProto:
@@ -88,11 +79,16 @@ def deep_mlp(in_dim: int, width: int, depth: int, out_dim: int, *, seed: int = 0
         if out != "logits":
             nodes.append(helper.make_node("Relu", [f"g{i}"], [out]))
         prev = out
+    return _model(nodes, inits, "deep_mlp", ("input", in_dim), ("logits", out_dim))
+
+
+def _model(nodes: list, inits: list, name: str, inp: tuple[str, int], out: tuple[str, int]) -> onnx.ModelProto:
+    """A float32 graph with one [N, d] input and one [N, d] output, at the tests' opset and IR version."""
     graph = helper.make_graph(
         nodes,
-        "deep_mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", in_dim])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", out_dim])],
+        name,
+        [helper.make_tensor_value_info(inp[0], TensorProto.FLOAT, ["N", inp[1]])],
+        [helper.make_tensor_value_info(out[0], TensorProto.FLOAT, ["N", out[1]])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
