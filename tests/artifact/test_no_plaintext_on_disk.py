@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from onnx import numpy_helper
 
 from sealinfer.runtime import SealOptions, seal_model
@@ -38,8 +37,8 @@ def _windows(data: bytes, size: int = 32) -> set[bytes]:
     return {data[i : i + size] for i in range(len(data) - size + 1)}
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="scripts/setup.sh installs strace")
 def test_sealing_and_loading_write_nothing_but_the_artifact(tmp_path: Path):
+    assert shutil.which("strace"), "strace is missing: run `bash scripts/setup.sh` (installs it)"
     ring_dir, watched = tmp_path / "kr", tmp_path / "watched-tmp"
     watched.mkdir()
     Keyring.create(ring_dir, "pw", scrypt_n=2**10)

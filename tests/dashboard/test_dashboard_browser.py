@@ -17,11 +17,24 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # (url path, page title, plotly charts expected)
-PAGES = [("", "Overview", 3), ("overhead", "Security overhead vs latency", 4),
-         ("scheduler", "Scheduler and devices", 3), ("privacy", "Privacy", 1), ("audit", "Audit and models", 1)]
+PAGES = [
+    ("", "Overview", 3),
+    ("overhead", "Security overhead vs latency", 4),
+    ("scheduler", "Scheduler and devices", 3),
+    ("privacy", "Privacy", 1),
+    ("audit", "Audit and models", 1),
+]
 
 
 def _free_port() -> int:
@@ -46,13 +59,29 @@ def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 90) -> Non
 
 @pytest.fixture
 def server(telemetry_db: Path, audit_db: Path, tmp_path: Path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `bash scripts/setup.sh` (installs Debian chromium)"
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sealinfer.runtime", "dashboard", "--telemetry-db", str(telemetry_db),
-         "--audit-db", str(audit_db), "--port", str(port), "--refresh", "0", "--profile", ""],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "sealinfer.runtime",
+            "dashboard",
+            "--telemetry-db",
+            str(telemetry_db),
+            "--audit-db",
+            str(audit_db),
+            "--port",
+            str(port),
+            "--refresh",
+            "0",
+            "--profile",
+            "",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
         env={**os.environ, "HOME": str(tmp_path)},  # no user-level Streamlit config or credentials
     )
     base = f"http://127.0.0.1:{port}"
@@ -81,7 +110,8 @@ def test_every_page_renders_its_charts_in_chromium(server, tmp_path: Path) -> No
                 page.goto(f"{base}/{url}", wait_until="domcontentloaded")
                 page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
                 page.wait_for_function(
-                    "n => document.querySelectorAll('.js-plotly-plot .main-svg').length >= n", arg=n_charts,
+                    "n => document.querySelectorAll('.js-plotly-plot .main-svg').length >= n",
+                    arg=n_charts,
                     timeout=60_000,
                 )
                 page.wait_for_timeout(500)  # let the last chart finish drawing before the screenshot

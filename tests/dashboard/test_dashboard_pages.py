@@ -27,8 +27,9 @@ def _fresh_cache():
     st.cache_data.clear()
 
 
-def open_page(monkeypatch, page: str, *, telemetry: Path | str | None, audit: Path | None = None,
-              privacy: Path | None = None) -> AppTest:
+def open_page(
+    monkeypatch, page: str, *, telemetry: Path | str | None, audit: Path | None = None, privacy: Path | None = None
+) -> AppTest:
     monkeypatch.setenv("SEALINFER_TELEMETRY_DB", str(telemetry or ""))
     monkeypatch.setenv("SEALINFER_AUDIT_DB", str(audit or ""))
     monkeypatch.setenv("SEALINFER_PRIVACY_DB", str(privacy or ""))
@@ -83,8 +84,11 @@ def test_overhead(monkeypatch, telemetry_db: Path, raw) -> None:
     assert m["Models"] == str(len(set(raw["model"])))
     ok = raw["outcome"] == "ok"
     service = raw["total_us"].astype(float) - raw["queue_us"].astype(float)
-    means = {(c, mo): service[ok & (raw["config"] == c) & (raw["model"] == mo)].mean()
-             for c in set(raw["config"]) for mo in set(raw["model"])}
+    means = {
+        (c, mo): service[ok & (raw["config"] == c) & (raw["model"] == mo)].mean()
+        for c in set(raw["config"])
+        for mo in set(raw["model"])
+    }
     worst = max((v / means[("plain", mo)] - 1) * 100 for (c, mo), v in means.items())
     assert float(m["Largest overhead"].rstrip(" %")) == pytest.approx(worst, abs=0.051)
     specs = charts(at)
@@ -129,7 +133,8 @@ def test_privacy_without_ledger(monkeypatch, telemetry_db: Path) -> None:
 
 
 def test_privacy_with_ledger(monkeypatch, telemetry_db: Path, tmp_path: Path) -> None:
-    ledger_mod = pytest.importorskip("sealinfer.privacy.ledger")
+    from sealinfer.privacy import ledger as ledger_mod
+
     path = tmp_path / "ledger.db"
     ledger = ledger_mod.BudgetLedger(path)
     summary = ledger.summary()
@@ -154,7 +159,8 @@ def test_audit_and_models(monkeypatch, telemetry_db: Path, audit_db: Path) -> No
     assert m["Checkpoints"] == str(res.checkpoints) and res.checkpoints >= 3
     assert m["Denials"] == str(count("SELECT count(*) FROM audit_events WHERE json_extract(body,'$.decision')='deny'"))
     assert m["Break-glass events"] == str(
-        count("SELECT count(*) FROM audit_events WHERE json_extract(body,'$.break_glass')"))
+        count("SELECT count(*) FROM audit_events WHERE json_extract(body,'$.break_glass')")
+    )
     assert m["Models with a valid signature"] == "3 of 3"
     denials = at.dataframe[0].value
     assert len(denials) > 0 and set(denials["decision"]) == {"deny"}
@@ -173,8 +179,9 @@ def test_audit_db_the_verifier_does_not_recognise(monkeypatch, telemetry_db: Pat
     assert any("could not read this log" in w.value for w in at.warning)
 
 
-@pytest.mark.parametrize("page", ["page_overview.py", "page_overhead.py", "page_scheduler.py",
-                                  "page_privacy.py", "page_audit.py"])
+@pytest.mark.parametrize(
+    "page", ["page_overview.py", "page_overhead.py", "page_scheduler.py", "page_privacy.py", "page_audit.py"]
+)
 def test_bad_databases_give_messages_not_tracebacks(monkeypatch, tmp_path: Path, audit_db: Path, page: str) -> None:
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
