@@ -22,14 +22,17 @@ import base64
 import hashlib
 import hmac
 import json
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from sealinfer.runtime.atomic import atomic_output
+from sealinfer.runtime.canonical import canonical_json
 from sealinfer.runtime.errors import (
     ArtifactError,
     HeaderError,
@@ -59,11 +62,6 @@ MAX_HEADER_BYTES = 4 << 20
 CIPHER = "AES-256-GCM-HKDF-SHA256-STREAM/1"
 _MANIFEST_DOMAIN = b"sealinfer manifest v1\x00"
 _RECIPIENTS_INFO = b"sealinfer recipients mac v1"
-
-
-def canonical_json(data: Any) -> bytes:
-    """Sorted keys, no whitespace, UTF-8: one byte string per value (RFC 8785-like for our types)."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def manifest_digest(manifest: dict[str, Any]) -> bytes:
@@ -246,6 +244,17 @@ class SealedArtifact:
             digest=manifest_digest(manifest),
         )
 
+    @classmethod
+    def open_verified(cls, path: str | os.PathLike[str], keyring: Any) -> SealedArtifact:
+        """Open ``path`` and check its signature against ``keyring``'s trusted, unrevoked signers."""
+        artifact = cls.open(path)
+        artifact.verify_signature(keyring.trust_store())
+        return artifact
+
+    def unwrap_for(self, keyring: Any, providers: Sequence[KeyProvider] = ()) -> bytes:
+        """The data key, via the keyring or an HSM, honouring the keyring's revocation list."""
+        return self.unwrap_data_key([keyring, *providers], revoked=keyring.is_revoked)
+
     # --- checks ------------------------------------------------------------------------------
 
     def verify_signature(self, trust: TrustStore) -> None:
@@ -303,36 +312,48 @@ class SealedArtifact:
     def stream_params(self) -> StreamParams:
         return StreamParams(self.payload.segment_size, self.payload.salt, self.payload.nonce_prefix, self.digest)
 
-    def iter_segments(self, data_key: bytes, fh: BinaryIO | None = None) -> Iterator[tuple[int, memoryview]]:
+    def ciphertext_segments(self) -> Iterator[tuple[int, memoryview]]:
+        """Yield (index, ciphertext segment) straight out of an mmap of the file (no read copy).
+
+        Each view is released before the next is produced, and on any exit, so the mmap can always
+        be closed: a slice still exported (say, held by a traceback) would turn an IntegrityError
+        into a BufferError.
+        """
+        pay = self.payload
+        seg_ct = pay.segment_size + TAG_BYTES
+        end = self.payload_offset + pay.ciphertext_size
+        with self.path.open("rb") as fh:
+            if os.fstat(fh.fileno()).st_size < end:
+                raise TruncatedArtifactError(
+                    f"{self.path} was truncated after it was opened.", hint="Restore a complete copy."
+                )
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    pos = self.payload_offset
+                    for index in range(pay.segment_count):
+                        want = min(seg_ct, end - pos)
+                        with view[pos : pos + want] as segment:
+                            yield index, segment
+                        pos += want
+                finally:
+                    view.release()
+
+    def iter_segments(self, data_key: bytes) -> Iterator[tuple[int, memoryview]]:
         """Yield (plaintext offset, plaintext segment) in order, each authenticated before it is yielded.
 
         The yielded view is reused for the next segment: copy what you need before advancing.
         """
         pay = self.payload
         dec = StreamDecryptor(data_key, self.stream_params(), pay.segment_count)
-        seg_ct = pay.segment_size + TAG_BYTES
-        ct_buf = bytearray(seg_ct)
         pt_buf = bytearray(pay.segment_size)
-        own = fh is None
-        fh = fh or self.path.open("rb")
         try:
-            fh.seek(self.payload_offset)
-            remaining = pay.ciphertext_size
-            for index in range(pay.segment_count):
-                want = min(seg_ct, remaining)
-                view = memoryview(ct_buf)[:want]
-                got = fh.readinto(view)
-                if got != want:
-                    raise TruncatedArtifactError(
-                        f"{self.path} ends inside payload segment {index}.", hint="Restore a complete copy."
-                    )
-                remaining -= want
-                n = dec.decrypt_segment_into(index, view, memoryview(pt_buf))
-                yield index * pay.segment_size, memoryview(pt_buf)[:n]
+            with closing(self.ciphertext_segments()) as segments:
+                for index, segment in segments:
+                    n = dec.decrypt_segment_into(index, segment, memoryview(pt_buf))
+                    yield index * pay.segment_size, memoryview(pt_buf)[:n]
         finally:
             pt_buf[:] = bytes(len(pt_buf))
-            if own:
-                fh.close()
 
     def inspect(self) -> dict[str, Any]:
         """What `sealinfer inspect` shows: the manifest and recipient key ids, never key bytes."""
@@ -395,9 +416,7 @@ def rewrite_recipients(artifact: SealedArtifact, recipients: Sequence[WrappedKey
 
 def read_manifest(path: str | os.PathLike[str], keyring: Any | None = None) -> dict[str, Any]:
     """The manifest of a ``.sealed`` file; signature-checked when a keyring is given."""
-    art = SealedArtifact.open(Path(path))
-    if keyring is not None:
-        art.verify_signature(keyring.trust_store())
+    art = SealedArtifact.open(path) if keyring is None else SealedArtifact.open_verified(path, keyring)
     return art.manifest
 
 

@@ -9,11 +9,10 @@ model keeps no plaintext copy of its weights of its own and its memory matches a
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +21,11 @@ import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
 from sealinfer.runtime.artifact import SealedArtifact, read_manifest
-from sealinfer.runtime.errors import ArtifactError, IntegrityError, ModelError, TruncatedArtifactError
+from sealinfer.runtime.errors import ArtifactError, IntegrityError, ModelError
 from sealinfer.runtime.keys.base import KeyProvider
 from sealinfer.runtime.layout import WEIGHTS_LOCATION, is_sealed_reference, tensor_view
 from sealinfer.runtime.progress import progress_bar
-from sealinfer.runtime.stream import TAG_BYTES, StreamDecryptor
+from sealinfer.runtime.stream import StreamDecryptor
 
 
 def decrypt_payload(
@@ -39,34 +38,15 @@ def decrypt_payload(
     shift = (-raw.ctypes.data) % 4096
     buf = raw[shift : shift + pay.plaintext_size]
     dec = StreamDecryptor(data_key, artifact.stream_params(), pay.segment_count)
-    seg_ct = pay.segment_size + TAG_BYTES
     out = memoryview(buf)  # type: ignore[arg-type]
     try:
         with (
-            artifact.path.open("rb") as fh,
             progress_bar(pay.plaintext_size, label, enabled=progress) as bar,
+            closing(artifact.ciphertext_segments()) as segments,
         ):
-            size = os.fstat(fh.fileno()).st_size
-            if size < artifact.payload_offset + pay.ciphertext_size:
-                raise TruncatedArtifactError(
-                    f"{artifact.path} was truncated after it was opened.", hint="Restore a complete copy."
-                )
-            # Decrypt straight out of the page cache: one copy fewer than read() into a buffer.
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                view = memoryview(mm)
-                try:
-                    pos = artifact.payload_offset
-                    for index in range(pay.segment_count):
-                        want = min(seg_ct, artifact.payload_offset + pay.ciphertext_size - pos)
-                        start = index * pay.segment_size
-                        # Release each slice at once: a slice still exported when the mmap closes
-                        # (say, held by a traceback) would turn an IntegrityError into a BufferError.
-                        with view[pos : pos + want] as segment:
-                            n = dec.decrypt_segment_into(index, segment, out[start : start + pay.segment_size])
-                        pos += want
-                        bar.update(n)
-                finally:
-                    view.release()
+            for index, segment in segments:
+                start = index * pay.segment_size
+                bar.update(dec.decrypt_segment_into(index, segment, out[start : start + pay.segment_size]))
     except BaseException:
         buf.fill(0)
         raise
@@ -182,9 +162,8 @@ def open_model_proto(
     path: str | os.PathLike[str], keyring: Any, providers: Sequence[KeyProvider] = ()
 ) -> onnx.ModelProto:
     """Verify and decrypt a ``.sealed`` file into a self-contained ModelProto, in memory only."""
-    art = SealedArtifact.open(Path(path))
-    art.verify_signature(keyring.trust_store())
-    data_key = art.unwrap_data_key([keyring, *providers], revoked=keyring.is_revoked)
+    art = SealedArtifact.open_verified(path, keyring)
+    data_key = art.unwrap_for(keyring, providers)
     model = open_decrypted(art, data_key)
     try:
         return model.to_model_proto()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import time
 import uuid
 from collections.abc import Mapping
@@ -22,7 +23,6 @@ import numpy as np
 
 from sealinfer.runtime.audit.record import AuditEvent
 from sealinfer.runtime.errors import (
-    ConfigurationError,
     InputValidationError,
     ModelError,
     SealinferError,
@@ -32,6 +32,7 @@ from sealinfer.runtime.policy.authz import AccessDeniedError, Authorizer, ModelR
 from sealinfer.runtime.policy.guards import OutputGuard
 from sealinfer.runtime.policy.validation import InputValidator
 from sealinfer.runtime.telemetry.record import TelemetryRecord
+from sealinfer.runtime.tensorspec import TensorSpec
 
 if TYPE_CHECKING:
     from sealinfer.runtime.audit.log import AuditLog
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
     from sealinfer.runtime.policy.profile import PolicyProfile
     from sealinfer.runtime.session import SealedSession
     from sealinfer.runtime.telemetry.store import TelemetryStore
+
+# Telemetry request ids: unique per process without a random-number syscall on every request.
+_PROCESS_ID = uuid.uuid4().hex[:12]
+_REQUESTS = itertools.count(1)
 
 
 def keyed_digest(key: bytes, tensors: Mapping[str, Any]) -> str:
@@ -95,8 +100,6 @@ class RequestPipeline:
         self._ctx = ctx
         self._resource = resource
         self._device = device
-        from sealinfer.runtime.tensorspec import TensorSpec
-
         specs = [TensorSpec.from_dict(s) for s in manifest.get("signature_io", {}).get("inputs", [])]
         self._validate = InputValidator(specs, ctx.profile.inputs)
         self._guard = OutputGuard(ctx.profile.outputs) if ctx.profile.outputs.active else None
@@ -166,9 +169,7 @@ class RequestPipeline:
             model_version=self._resource.version,
             model_digest=self._resource.digest,
             decision="allow" if decision.allowed else "deny",
-            reasons=list(decision.reasons)
-            if error is None or not isinstance(error, InputValidationError)
-            else [*decision.reasons, str(error)],
+            reasons=[*decision.reasons, str(error)] if isinstance(error, InputValidationError) else [*decision.reasons],
             outcome=outcome,
             error_code=code,
             device=self._device,
@@ -182,7 +183,7 @@ class RequestPipeline:
             ctx.telemetry.record(
                 TelemetryRecord(
                     ts=time.time(),
-                    request_id=uuid.uuid4().hex,
+                    request_id=f"{_PROCESS_ID}-{next(_REQUESTS)}",
                     model=self._resource.name,
                     model_version=self._resource.version,
                     model_digest=self._resource.digest,
@@ -216,12 +217,3 @@ def _batch(inputs: Mapping[str, Any]) -> int:
         if shape:
             return int(shape[0])
     return 1
-
-
-def require_caller(caller: Caller | None) -> Caller:
-    if caller is None:
-        raise ConfigurationError(
-            "A runtime with a policy needs a caller for every load and run.",
-            hint="Pass caller=Caller(user, role, purpose).",
-        )
-    return caller

@@ -27,9 +27,8 @@ def rewrap_artifact(
     payload is never decrypted to disk. Writes atomically to ``output`` (default: in place).
     """
     all_providers: list[KeyProvider] = [keyring, *providers]
-    artifact = SealedArtifact.open(path)
-    artifact.verify_signature(keyring.trust_store())
-    data_key = artifact.unwrap_data_key(all_providers, revoked=keyring.is_revoked)
+    artifact = SealedArtifact.open_verified(path, keyring)
+    data_key = artifact.unwrap_for(keyring, providers)
     target = next((p for p in all_providers if p.has_kek(new_kek_id)), None)
     if target is None:
         raise KeyNotFoundError(f"New KEK {new_kek_id!r} is not available.", hint="Check `sealinfer keys list`.")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,7 @@ class Runtime:
                 "set ORT_DISABLE_TELEMETRY=1 in the service environment."
             )
         self.keyring = keyring if isinstance(keyring, Keyring) else Keyring.open(Path(keyring).expanduser(), passphrase)
-        self._providers: list[KeyProvider] = [self.keyring, *providers]
+        self._hsm_providers: list[KeyProvider] = list(providers)  # beyond the keyring itself
         self._lock = threading.Lock()
         self._ctx: SecurityContext | None = None
         self.profile: PolicyProfile | None = None
@@ -168,12 +169,10 @@ class Runtime:
     def open_artifact(self, path: str | os.PathLike[str]) -> tuple[SealedArtifact, bytes]:
         """Structure, signature and keys: everything before decryption. Returns the artifact and its DEK."""
         artifact = self._verified(path)
-        data_key = artifact.unwrap_data_key(self._providers, revoked=self.keyring.is_revoked)
-        return artifact, data_key
+        return artifact, artifact.unwrap_for(self.keyring, self._hsm_providers)
 
     def _verified(self, path: str | os.PathLike[str]) -> SealedArtifact:
-        artifact = SealedArtifact.open(path)
-        artifact.verify_signature(self.keyring.trust_store())
+        artifact = SealedArtifact.open_verified(path, self.keyring)
         if self.profile is not None:
             allowed = self.profile.signing.trusted_signers
             if allowed and artifact.signature_key_id not in allowed:
@@ -263,7 +262,7 @@ class Runtime:
 
                 session_options, chosen = session_options_for(placement.device)
                 providers = chosen or None
-            data_key = artifact.unwrap_data_key(self._providers, revoked=self.keyring.is_revoked)
+            data_key = artifact.unwrap_for(self.keyring, self._hsm_providers)
             decrypted = open_decrypted(artifact, data_key, progress=progress)
             try:
                 verify_watermark(self.profile, self.keyring, manifest, decrypted, details)
@@ -354,8 +353,6 @@ class Runtime:
         deadline_s: float | None,
     ) -> Any:
         """Queue a request by deadline on its device's pool (EDF), after tenant quota and feasibility."""
-        import time
-
         from sealinfer.runtime.errors import DeadlineInfeasibleError, QuotaExceededError
 
         def call() -> dict[str, Any]:

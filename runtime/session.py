@@ -9,7 +9,6 @@ caller finds no commit in progress (group commit), so a lone caller pays one inl
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,6 @@ class SealedSession:
         *,
         guard: RequestPipeline | None = None,
         device: str = "cpu",
-        on_close: Callable[[], None] | None = None,
         submitter: Callable[..., Future[dict[str, np.ndarray]]] | None = None,
     ) -> None:
         self._session = session
@@ -45,7 +43,6 @@ class SealedSession:
         self._manifest = manifest
         self._guard = guard
         self._device = device
-        self._on_close = on_close
         self._submitter = submitter
         self._closed = False
         self._lock = threading.Lock()
@@ -134,8 +131,6 @@ class SealedSession:
             self._closed = True
         del self._session
         self._decrypted.close()
-        if self._on_close is not None:
-            self._on_close()
 
     def __enter__(self) -> SealedSession:
         return self
@@ -145,7 +140,3 @@ class SealedSession:
 
     def __repr__(self) -> str:
         return f"SealedSession(name={self.name!r}, version={self.version!r}, device={self._device!r})"
-
-
-def timed() -> int:
-    return time.perf_counter_ns()

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 
 # Dimension: a fixed size, or a symbolic name (dynamic), or None (unknown, dynamic).
 Dim = int | str | None
@@ -49,4 +48,4 @@ def model_signature(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[Tens
     return inputs, outputs
 
 
-__all__ = ["Dim", "TensorSpec", "model_signature", "TensorProto"]
+__all__ = ["Dim", "TensorSpec", "model_signature"]

@@ -42,9 +42,8 @@ def verify_artifact(
 
     Plaintext segments are hashed and discarded one at a time: memory stays at one segment.
     """
-    artifact = SealedArtifact.open(path)
-    artifact.verify_signature(keyring.trust_store())
-    data_key = artifact.unwrap_data_key([keyring, *providers], revoked=keyring.is_revoked)
+    artifact = SealedArtifact.open_verified(path, keyring)
+    data_key = artifact.unwrap_for(keyring, providers)
     opened_with = next(
         (r.kek_id for r in artifact.recipients if any(p.has_kek(r.kek_id) for p in [keyring, *providers])), "?"
     )

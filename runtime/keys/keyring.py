@@ -20,7 +20,6 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from sealinfer.runtime.atomic import atomic_output
+from sealinfer.runtime.canonical import canonical_json
 from sealinfer.runtime.errors import (
     KeyNotFoundError,
     KeyRevokedError,
@@ -81,10 +81,6 @@ def _now() -> str:
 
 def _new_key_id(kind: str) -> str:
     return f"{kind}-{secrets.token_hex(6)}"
-
-
-def _canonical(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -209,7 +205,7 @@ class Keyring(KeyProvider):
 
     @staticmethod
     def _mac(mac_key: bytes, meta: dict[str, Any]) -> str:
-        return hmac.new(mac_key, _canonical(meta), hashlib.sha256).hexdigest()
+        return hmac.new(mac_key, canonical_json(meta), hashlib.sha256).hexdigest()
 
     def _save(self) -> None:
         body = dict(self._meta)
@@ -444,11 +440,6 @@ class Keyring(KeyProvider):
             if rec["status"] == "revoked":
                 raise KeyRevokedError(f"{kind} key {key_id!r} is revoked.", hint="Rotate to a new key.")
             return key_id, self._secret(key_id)
-
-    def kek_ids(self, *, include_inactive: bool = False) -> Iterable[str]:
-        for info in self.list_keys("kek"):
-            if include_inactive or info.status == "active":
-                yield info.id
 
     def __repr__(self) -> str:
         return f"Keyring({str(self._path)!r})"
