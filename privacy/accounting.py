@@ -256,6 +256,10 @@ def _epsilon_guarded(
     memory_limit: int | None,
 ) -> float:
     method = "fork" if sys.platform.startswith("linux") else "spawn"
+    if method == "fork":
+        # Import before forking so the child inherits Opacus (and torch): the time limit is for the
+        # accounting, not for a cold import, which on a fresh machine can take most of it.
+        import opacus.accountants  # noqa: F401
     ctx = multiprocessing.get_context(method)
     receiver, sender = ctx.Pipe(duplex=False)
     worker = ctx.Process(target=_worker, args=(accountant, history, delta, memory_limit, sender), daemon=True,
