@@ -10,9 +10,9 @@ q=0.5, 10,000 steps) it was measured here allocating >24 GB before the kernel's 
 it. A thread cannot be stopped from outside in CPython (an abandoned thread keeps burning CPU and
 memory), so the computation runs in a child process which (1) has an address-space limit
 (``RLIMIT_AS``), turning runaway allocation into a ``MemoryError``, and (2) is terminated, then
-killed, when the time limit passes. ``fork`` is used on Linux because the child inherits the
-already-imported Opacus (~0.1 s per check, against ~2 s to start a fresh interpreter that imports
-torch) and because it does not re-import the caller's ``__main__``; elsewhere ``spawn`` is used.
+killed, when the time limit passes. On Linux workers come from a ``forkserver`` with Opacus
+preloaded: forking the (possibly multi-threaded) caller could deadlock the child, and a fresh
+interpreter per check would spend the time limit importing torch; elsewhere ``spawn`` is used.
 The child only runs numpy/scipy code. RDP's cost does not depend on the parameters (a fixed set of
 orders, ~10-25 ms per segment), so it runs in-process unless a certificate has many distinct
 segments, which then go to the same guarded worker.
@@ -251,16 +251,26 @@ def _current_address_space() -> int:
     return 0
 
 
+def _worker_context() -> Any:
+    """Where accountant workers come from: a fork server, started single-threaded, with Opacus loaded.
+
+    Forking the caller directly is unsafe once it has other threads (onnxruntime pools, store
+    flushers): the child can inherit a lock another thread held and hang until the time limit. A
+    fresh interpreter per check (``spawn``) would spend the time limit importing torch. The fork server
+    is both: clean, and paying the import once.
+    """
+    if sys.platform.startswith("linux"):
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["opacus.accountants"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def _epsilon_guarded(
     accountant: str, history: list[tuple[float, float, int]], delta: float, timeout_s: float,
     memory_limit: int | None,
 ) -> float:
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    if method == "fork":
-        # Import before forking so the child inherits Opacus (and torch): the time limit is for the
-        # accounting, not for a cold import, which on a fresh machine can take most of it.
-        import opacus.accountants  # noqa: F401
-    ctx = multiprocessing.get_context(method)
+    ctx = _worker_context()
     receiver, sender = ctx.Pipe(duplex=False)
     worker = ctx.Process(target=_worker, args=(accountant, history, delta, memory_limit, sender), daemon=True,
                          name=f"sealinfer-{accountant}-accountant")
