@@ -172,3 +172,112 @@ def protected_mask(canon: list[np.ndarray], tf: Transform) -> list[np.ndarray]:
             m |= (v == v.max(axis=(0, 2), keepdims=True)).reshape(c.shape)
         masks.append(m)
     return masks
+
+
+@dataclass
+class RowSubset:
+    """The first ``raw_rows.size`` canonical rows of one tensor, mapped to raw coordinates.
+
+    Canonical ``C[i, k, :] = R[raw_rows[i], col_perm[k], :] * col_scale[k] / row_scale[i]`` (``R`` viewed
+    as ``[rows, units, rest]``); without a column transform the units stay in place with scale 1.
+    """
+
+    raw_rows: np.ndarray
+    row_scale: np.ndarray  # float32, one per subset row
+    col_perm: np.ndarray | None
+    col_scale: np.ndarray | None  # float32, in canonical unit order
+    shape: tuple[int, ...]  # full tensor shape
+    row_transformed: bool
+
+    @property
+    def cols(self) -> int:
+        return int(np.prod(self.shape[1:])) if len(self.shape) > 1 else 1
+
+    def flat_index(self) -> np.ndarray:
+        return (self.raw_rows[:, None].astype(np.int64) * self.cols + np.arange(self.cols)).reshape(-1)
+
+    def extract(self, raw: np.ndarray) -> np.ndarray:
+        x = raw.reshape(self.shape[0], -1)[self.raw_rows]
+        if self.col_perm is not None and self.col_scale is not None:
+            x3 = x.reshape(x.shape[0], self.col_perm.size, -1)[:, self.col_perm, :]
+            x = (x3 * self.col_scale[None, :, None]).reshape(x.shape[0], -1)
+        return (x / self.row_scale[:, None]).astype(np.float32)
+
+    def write(self, raw: np.ndarray, canon: np.ndarray) -> None:
+        """Store canonical subset values back into ``raw`` (in place)."""
+        x = canon.reshape(self.raw_rows.size, -1) * self.row_scale[:, None]
+        if self.col_perm is not None and self.col_scale is not None:
+            x3 = x.reshape(x.shape[0], self.col_perm.size, -1) / self.col_scale[None, :, None]
+            out = np.empty_like(x3)
+            out[:, self.col_perm, :] = x3
+            x = out.reshape(x.shape[0], -1)
+        raw.reshape(self.shape[0], -1)[self.raw_rows] = x.astype(np.float32)
+
+
+def row_subsets(arrays: list[np.ndarray], pairs: list[Pair], max_elements: int
+                ) -> tuple[list[RowSubset], list[np.ndarray]]:
+    """The canonical form's first rows of every tensor (at most ``max_elements`` values each), without
+    materializing the whole canonical form, and the raw weights that define it (never to be changed).
+
+    Equivalent to slicing ``to_canonical``: the unit scales and order need one read of each tensor
+    (row max-abs and second max-abs of the column-scaled magnitudes); everything else touches only
+    the subset. Large models thereby canonicalize in a few passes instead of several copies.
+    """
+    row_of = {p.a: p for p in pairs}
+    col_of = {p.b: p for p in pairs}
+    unit: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # A index -> (order, u by raw unit)
+    subsets: list[RowSubset] = []
+    protect: list[np.ndarray] = []
+    for t, a in enumerate(arrays):
+        rows = a.shape[0]
+        mask = np.zeros(a.shape, dtype=bool)
+        col_perm = col_scale = None
+        cs_raw = None
+        if t in col_of:
+            order_a, u_a = unit[col_of[t].a]
+            col_perm, cs_raw = order_a, u_a
+            col_scale = u_a[order_a].astype(np.float32)
+        if t in row_of:
+            x = np.abs(a.reshape(rows, -1))
+            if cs_raw is not None:
+                x = (x.reshape(rows, cs_raw.size, -1) * cs_raw[None, :, None]).reshape(rows, -1)
+            i1 = np.argmax(x, axis=1)
+            ar = np.arange(rows)
+            u = x[ar, i1].astype(np.float32)
+            mask.reshape(rows, -1)[ar, i1] = True
+            if x.shape[1] >= 2:
+                x[ar, i1] = -1.0
+                i2 = np.argmax(x, axis=1)
+                # The second-largest sets the order: protect it too, so marking cannot reorder units.
+                mask.reshape(rows, -1)[ar, i2] = True
+                ratio = x[ar, i2] / np.maximum(u, np.finfo(np.float32).tiny)
+            else:
+                ratio = np.zeros(rows, dtype=np.float32)
+            del x
+            u[u == 0] = 1.0
+            order = np.argsort(-ratio, kind="stable")
+            unit[t] = (order, u)
+            r = min(rows, max(1, max_elements // max(a.size // rows, 1)))
+            raw_rows, row_scale = order[:r], u[order[:r]]
+        else:
+            r = min(rows, max(1, max_elements // max(a.size // rows, 1)))
+            raw_rows, row_scale = np.arange(r), np.ones(r, dtype=np.float32)
+            # The subset's largest value sets the lattice scale of an un-normalized tensor: protect it.
+            x = np.abs(a.reshape(rows, -1)[:r])
+            if cs_raw is not None:
+                x = (x.reshape(r, cs_raw.size, -1) * cs_raw[None, :, None]).reshape(r, -1)
+            mask.reshape(-1)[int(np.argmax(x))] = True
+        sub = RowSubset(raw_rows, row_scale, col_perm, col_scale, tuple(a.shape), t in row_of)
+        subsets.append(sub)
+        protect.append(mask)
+    return subsets, protect
+
+
+def subset_protected(sub: RowSubset, canon: np.ndarray) -> np.ndarray:
+    """Subset elements that define the canonical form (row maxima, the subset's max): never modified."""
+    absc = np.abs(canon.reshape(canon.shape[0], -1))
+    m = np.zeros(absc.shape, dtype=bool)
+    m.reshape(-1)[int(np.argmax(absc))] = True
+    if sub.row_transformed:
+        m[np.arange(absc.shape[0]), np.argmax(absc, axis=1)] = True
+    return m

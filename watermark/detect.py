@@ -47,10 +47,11 @@ def _spread_channel(arrays: list[np.ndarray], shapes: list[tuple[int, ...]], key
 def _lattice_channel(model: onnx.ModelProto, arrays: list[np.ndarray], refs: list[Any], key: bytes,
                      n_frame: int) -> _Channel:
     pairs = canonicalize.find_pairs(model, refs)
-    canon, _ = canonicalize.to_canonical(arrays, pairs)
+    subsets, _ = canonicalize.row_subsets(arrays, pairs, lattice.MAX_ROW_SUBSET)
     tally = lattice.LatticeTally()
-    for t, c in enumerate(canon):
-        lattice.tally_tensor(c, lattice.tensor_code(key, t, tuple(c.shape), n_frame), n_frame, tally)
+    for t, sub in enumerate(subsets):
+        code = lattice.tensor_code(key, t, (sub.raw_rows.size, sub.cols), n_frame)
+        lattice.tally_tensor(sub.extract(arrays[t]), code, n_frame, tally)
     assert tally.ones is not None and tally.votes is not None
     return _Channel("lattice", codec.binom_log_sf(tally.pilot_agree, tally.pilot_total), tally.pilot_agree,
                     tally.pilot_total, codec.majority(tally.ones, tally.votes))

@@ -53,13 +53,11 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
         )
     lay.bits[lay.n_pilot:] = np.tile(frame, lay.repeats)
 
+    arrays0 = [np.ascontiguousarray(a) for a in ws.arrays]
     pairs = canonicalize.find_pairs(model, ws.refs)
-    canon0, tf0 = canonicalize.to_canonical(ws.arrays, pairs)
-    protect_canon = canonicalize.protected_mask(canon0, tf0)
-    protect_raw = [
-        m != 0 for m in canonicalize.from_canonical([p.astype(np.float32) for p in protect_canon], tf0)
-    ]
-    codes = [lattice.tensor_code(key, t, s, frame.size) for t, s in enumerate(shapes)]
+    subsets, protect_raw = canonicalize.row_subsets(arrays0, pairs, lattice.MAX_ROW_SUBSET)
+    codes = [lattice.tensor_code(key, t, (s.raw_rows.size, s.cols), frame.size) for t, s in enumerate(subsets)]
+    large = n_weights >= spread.LARGE_MODEL
 
     # Generated probes: 256, fewer for big models so one probe pass stays ~1 GFLOP-scale.
     n_gen = int(np.clip(2.5e8 / max(n_weights, 1), 8, 256))
@@ -70,19 +68,21 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
     reference = runner.run(ws.arrays)
     share, price = _tensor_weights(runner, reference, ws.arrays, n_probes, probe_kind)
 
-    scales = [spread.tensor_scale(a) for a in ws.arrays]
+    scales = [spread.tensor_scale(a) for a in arrays0]
     # Pick the level from one cheap trial (spread moves only, at level 1; the output change scales
     # linearly with strength), then mark fully and re-check, stepping down while the bound is missed.
-    trial = _spread_only(ws.arrays, lay, STRENGTH, protect_raw, share, scales)
+    p0 = spread.projections(lay, arrays0, scales)  # the unmarked chips: shared by the trial and the mark
+    trial = _spread_only(arrays0, lay, STRENGTH, protect_raw, share, scales, 1 if large else 2, p0)
     per_level = compare(reference, runner.run(trial), n_probes, probe_kind).max_relative_change
+    del trial  # 400 MB on a 100M-weight model
     aim = [i for i, lv in enumerate(STRENGTH_LEVELS) if lv * per_level <= max_relative_change * TARGET_SHARE]
     start = aim[0] if aim else len(STRENGTH_LEVELS) - 1
     best: FidelityReport | None = None
     chosen = None
     for level in STRENGTH_LEVELS[start:]:
         strength = STRENGTH * level
-        arrays, survived = _mark(ws.arrays, lay, strength, pairs, codes, frame, protect_canon, protect_raw,
-                                 share, price, scales)
+        arrays, survived = _mark(arrays0, lay, strength, subsets, codes, frame, protect_raw, share, price, scales,
+                                 large, p0)
         report = compare(reference, runner.run(arrays), n_probes, probe_kind)
         if best is None or report.max_relative_change < best.max_relative_change:
             best = report
@@ -141,63 +141,59 @@ def _tensor_weights(runner: ProbeRunner, reference: list[np.ndarray], arrays: li
 
 
 def _spread_only(arrays: list[np.ndarray], lay: spread.SpreadLayout, strength: float,
-                 protect_raw: list[np.ndarray], share: np.ndarray | None, scales: list[float]) -> list[np.ndarray]:
+                 protect_raw: list[np.ndarray], share: np.ndarray | None, scales: list[float],
+                 passes: int, p0: np.ndarray | None = None) -> list[np.ndarray]:
+    """Move every chip onto its lattice point; a second pass absorbs the share of frozen weights (a large
+    model has so few that settling takes care of the remainder)."""
     step = spread.steps(lay, strength)
-    for _ in range(2):  # a second pass absorbs the share of frozen (protected) weights
-        p = spread.projections(lay, arrays, scales)
+    for i in range(passes):
+        p = p0 if i == 0 and p0 is not None else spread.projections(lay, arrays, scales)
         arrays = spread.apply_moves(lay, arrays, spread.error_to_target(p, step, lay), protect_raw, share, scales)
     return arrays
 
 
-def _mark(arrays0: list[np.ndarray], lay: spread.SpreadLayout, strength: float, pairs: list[canonicalize.Pair],
-          codes: list[lattice.LatticeCode], frame: np.ndarray, protect_canon: list[np.ndarray],
+def _mark(arrays0: list[np.ndarray], lay: spread.SpreadLayout, strength: float,
+          subsets: list[canonicalize.RowSubset], codes: list[lattice.LatticeCode], frame: np.ndarray,
           protect_raw: list[np.ndarray], share: np.ndarray | None, price: np.ndarray | None,
-          scales: list[float]) -> tuple[list[np.ndarray], list[str]]:
+          scales: list[float], large: bool, p0: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
     step = spread.steps(lay, strength)
-    arrays = _spread_only(arrays0, lay, strength, protect_raw, share, scales)
-    arrays = _settle(lay, arrays, step, protect_raw, share, price, scales, fix_float=True)
+    arrays = _spread_only(arrays0, lay, strength, protect_raw, share, scales, 1 if large else 2, p0)
+    tracker = spread.Tracker(lay, arrays, scales)
+    arrays, tracker = _settle(lay, arrays, tracker, step, protect_raw, share, price, scales, fix_float=True)
     # The lattice goes last: it is the fragile channel, and its 2^-16 moves barely touch the spread chips;
     # the second settle then flips only the few weights whose rounding they tipped.
-    canon, tf = canonicalize.to_canonical(arrays, pairs)
-    canon = [lattice.embed_tensor(c, codes[t], frame, protect_canon[t]) for t, c in enumerate(canon)]
-    arrays = canonicalize.from_canonical(canon, tf)
-    arrays = _settle(lay, arrays, step, protect_raw, share, price, scales, fix_float=False)
-    survived = []
-    for name, (simulate, _) in SIMULATORS.items():
-        p = spread.projections(lay, [simulate(a) for a in arrays])
-        if not spread.bad_chips(p, step, lay, 0.0).any():
-            survived.append(name)
+    for t, sub in enumerate(subsets):
+        canon = sub.extract(arrays[t])
+        idx = sub.flat_index()
+        old = arrays[t].reshape(-1)[idx]
+        sub.write(arrays[t], lattice.embed_tensor(canon, codes[t], frame, canonicalize.subset_protected(sub, canon)))
+        tracker.edit(t, idx, old, arrays[t].reshape(-1)[idx])
+    arrays, tracker = _settle(lay, arrays, tracker, step, protect_raw, share, price, scales, fix_float=False)
+    if not large:  # small models: confirm from scratch (the tracker is exact up to float64 rounding)
+        tracker = spread.Tracker(lay, arrays, scales)
+    survived = [name for name in SIMULATORS if not spread.bad_chips(tracker.p[name], step, lay, 0.0).any()]
     return arrays, survived
 
 
-def _settle(lay: spread.SpreadLayout, arrays: list[np.ndarray], step: np.ndarray, protect_raw: list[np.ndarray],
-            share: np.ndarray | None, price: np.ndarray | None, scales: list[float], *,
-            fix_float: bool) -> list[np.ndarray]:
+def _settle(lay: spread.SpreadLayout, arrays: list[np.ndarray], tracker: spread.Tracker, step: np.ndarray,
+            protect_raw: list[np.ndarray], share: np.ndarray | None, price: np.ndarray | None,
+            scales: list[float], *, fix_float: bool) -> tuple[list[np.ndarray], spread.Tracker]:
     """Nudge until every chip decodes with margin in float32 and after simulated FP16 and INT8."""
     history: list[int] = []
     no_flip = [m.copy() for m in protect_raw]
-    pending = set(SIMULATORS)
-    for _ in range(NUDGE_ROUNDS):
+    for round_no in range(NUDGE_ROUNDS):
         failing = 0
-        changed = False
         for sim in SIMULATORS:
-            if sim not in pending:
-                continue
-            arrays, n_bad = spread.nudge(lay, arrays, sim, step, NUDGE_MARGIN, no_flip, price, scales)
-            failing += n_bad
-            changed = changed or n_bad > 0
-            if n_bad == 0:
-                pending.discard(sim)
-        if changed:  # a fix for one rounding may disturb the other: re-check both next round
-            pending = set(SIMULATORS)
+            failing += spread.nudge(lay, arrays, sim, tracker, step, NUDGE_MARGIN, no_flip, price, round_no)
         if fix_float:
-            p = spread.projections(lay, arrays, scales)
+            p = tracker.p["float"]
             bad = spread.bad_chips(p, step, lay, NUDGE_MARGIN)
             if bad.any():
                 failing += int(bad.sum())
                 moves = np.where(bad, spread.error_to_target(p, step, lay), 0.0)
                 arrays = spread.apply_moves(lay, arrays, moves, protect_raw, share, scales)
+                tracker = spread.Tracker(lay, arrays, scales)
         history.append(failing)
         if failing == 0 or (len(history) > 3 and history[-1] >= history[-3]):
             break  # converged, or stuck: stop before flips start to cost fidelity
-    return arrays
+    return arrays, tracker

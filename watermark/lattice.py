@@ -19,6 +19,7 @@ import numpy as np
 from sealinfer.watermark.keys import rng
 
 STEP = 2.0**-16
+MAX_ROW_SUBSET = 1 << 18  # canonical values per tensor that carry the lattice (whole rows)
 
 
 @dataclass

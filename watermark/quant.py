@@ -35,8 +35,17 @@ def int8_scale(w: np.ndarray) -> float:
 
 
 def simulate_int8(w: np.ndarray) -> np.ndarray:
-    scale = np.float32(int8_scale(w))
-    return (np.clip(np.rint(w / scale), -INT8_QMAX, INT8_QMAX) * scale).astype(np.float32)
+    m = float(np.max(np.abs(w))) if w.size else 0.0
+    return simulate_int8_at(w, m)
+
+
+def simulate_int8_at(w: np.ndarray, absmax: float) -> np.ndarray:
+    """INT8 rounding of (part of) a tensor whose max-abs, which sets the scale, is ``absmax``."""
+    scale = np.float32(absmax / INT8_QMAX if absmax > 0 else 1.0)
+    q = np.rint(w / scale)
+    np.clip(q, -INT8_QMAX, INT8_QMAX, out=q)
+    q *= scale
+    return q.astype(np.float32, copy=False)
 
 
 def simulate_fp16(w: np.ndarray) -> np.ndarray:

@@ -15,12 +15,14 @@ frame repeated ``repeats`` times.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from sealinfer.watermark.keys import rng
-from sealinfer.watermark.quant import SIMULATORS
+from sealinfer.watermark.quant import SIMULATORS, simulate_int8_at
 
 N_PILOT = 256  # large models: more pilots = more evidence per weight under heavy noise
 REPEATS = 3
@@ -28,38 +30,72 @@ SMALL_PILOT = 64
 LARGE_MODEL = 1_000_000
 MAX_NUDGE_PRICE = 3.0  # relative to the median tensor's per-weight output sensitivity
 MAX_FLIP_COST = 0.25  # of a rounding level
+FLIP_OVERSHOOT = 0.01  # of a level: past the boundary by far more than float32 rounding, no further
 MIN_CHIP = 24  # weights per chip below which the per-weight change would not stay small
-BLOCK = 64  # weights per chip block in large models
+BLOCK = 64  # weights per chip block (a run of one row) in large models
+NUDGE_BUDGET = 4_000_000  # candidate weights examined per nudge pass, over all tensors
 
 
 @dataclass
 class SpreadLayout:
-    chips: list[np.ndarray]  # per tensor: chip id of each block of ``block`` consecutive elements (int32)
-    signs: list[np.ndarray]  # per tensor: +-1 per element (float32)
+    """Every tensor is viewed as ``[rows, cols]`` (``cols`` = all but the first axis) and cut into blocks
+    of ``blocks[t]`` consecutive weights of one row; a block belongs to one chip. Signs are per weight:
+    a full +-1 array for small models, the product ``row_sign[i] * col_sign[j]`` for large ones, so a
+    projection is a broadcast multiply and a reshape-sum, never a gather over every weight."""
+
+    chips: list[np.ndarray]  # per tensor: chip id of each block, shape [rows, cols // block] (int32)
+    signs: list[np.ndarray | tuple[np.ndarray, np.ndarray]]  # full [rows, cols] or (row_sign, col_sign)
+    blocks: list[int]
     sizes: np.ndarray  # weights per chip
     dither: np.ndarray  # per chip, in [0, 1)
     bits: np.ndarray  # intended bit per chip (pilots filled in; payload chips filled by embed)
     n_pilot: int
     n_frame: int
     repeats: int
-    block: int = 1
 
     @property
     def n_chips(self) -> int:
         return self.sizes.size
 
-    def element_chips(self, t: int) -> np.ndarray:
-        c = self.chips[t]
-        return c if self.block == 1 else np.repeat(c, self.block)[: self.signs[t].size]
+    def view(self, t: int, a: np.ndarray) -> np.ndarray:
+        rows = self.chips[t].shape[0]
+        return a.reshape(rows, -1)
 
-    def block_sums(self, t: int, x: np.ndarray) -> np.ndarray:
-        """Sum ``x`` (one value per element of tensor t) within each block."""
-        if self.block == 1:
-            return x
-        nb = self.chips[t].size
-        if x.size != nb * self.block:
-            x = np.concatenate([x, np.zeros(nb * self.block - x.size, dtype=x.dtype)])
-        return x.reshape(nb, self.block).sum(axis=1, dtype=np.float64)
+    def signed_block_sums(self, t: int, a: np.ndarray) -> np.ndarray:
+        """Per block: sum of sign * weight (float64), shape of ``chips[t]``."""
+        x = self.view(t, a)
+        s = self.signs[t]
+        b = self.blocks[t]
+        y = x * (s if isinstance(s, np.ndarray) else s[1][None, :])
+        if b > 1:
+            y = y.reshape(y.shape[0], -1, b).sum(axis=2, dtype=np.float64)
+        if not isinstance(s, np.ndarray):
+            y = y * s[0][:, None]
+        return y
+
+    def signed_delta(self, t: int, per_block: np.ndarray) -> np.ndarray:
+        """Per weight: sign * (value of its block), float32 [rows, cols]."""
+        s = self.signs[t]
+        b = self.blocks[t]
+        v = per_block.astype(np.float32)
+        if isinstance(s, np.ndarray):
+            full = v if b == 1 else np.repeat(v, b, axis=1)
+            return full * s
+        rows = v.shape[0]
+        out = (v * s[0][:, None])[:, :, None] * s[1].reshape(1, -1, b)
+        return out.reshape(rows, -1)
+
+    def sign_at(self, t: int, idx: np.ndarray) -> np.ndarray:
+        s = self.signs[t]
+        if isinstance(s, np.ndarray):
+            return s.reshape(-1)[idx]
+        cols = s[1].size
+        return s[0][idx // cols] * s[1][idx % cols]
+
+    def chip_at(self, t: int, idx: np.ndarray) -> np.ndarray:
+        c = self.chips[t]
+        cols = c.shape[1] * self.blocks[t]
+        return c[idx // cols, (idx % cols) // self.blocks[t]]
 
 
 def chip_plan(n_weights: int) -> tuple[int, int]:
@@ -73,51 +109,70 @@ def chip_plan(n_weights: int) -> tuple[int, int]:
     return (N_PILOT, REPEATS) if n_weights >= LARGE_MODEL else (SMALL_PILOT, 1)
 
 
+def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+    rows = int(shape[0]) if len(shape) else 1
+    size = int(np.prod(shape))
+    return rows, size // max(rows, 1)
+
+
 def layout(key: bytes, shapes: list[tuple[int, ...]], n_frame: int) -> SpreadLayout:
     """Key-derived chip of every block and sign of every weight.
 
-    Large models assign chips per block of ``BLOCK`` consecutive weights (signs stay per weight), so a
-    projection is a contiguous reshape-and-sum instead of a scatter over every weight: the 100M-weight
-    case becomes memory-bandwidth bound. Each chip still spans ~N/(K*BLOCK) blocks from all tensors.
+    Large models assign chips per block of up to ``BLOCK`` weights of one row and use rank-one signs,
+    so deriving the layout costs O(blocks + rows + cols) and a projection is memory-bandwidth bound.
+    Each chip still spans ~N/(K*BLOCK) blocks drawn from all tensors.
     """
     n_weights = int(sum(int(np.prod(s)) for s in shapes))
     n_pilot, repeats = chip_plan(n_weights)
-    block = BLOCK if n_weights >= LARGE_MODEL else 1
+    large = n_weights >= LARGE_MODEL
     n_chips = n_pilot + n_frame * repeats
-    chips, signs = [], []
+    chips, signs, blocks = [], [], []
     sizes = np.zeros(n_chips, dtype=np.int64)
     for t, shape in enumerate(shapes):
         g = rng(key, f"spread/{t}/{'x'.join(map(str, shape))}")
-        size = int(np.prod(shape))
-        nb = -(-size // block)
-        c = g.integers(0, n_chips, size=nb, dtype=np.int32)
-        bits = np.unpackbits(np.frombuffer(g.bytes(-(-size // 8)), dtype=np.uint8))[:size]
-        s = bits.astype(np.float32) * 2 - 1
-        lengths = np.full(nb, block, dtype=np.int64)
-        lengths[-1] = size - (nb - 1) * block
-        sizes += np.bincount(c, weights=lengths, minlength=n_chips).astype(np.int64)
+        rows, cols = _rows_cols(shape)
+        b = math.gcd(cols, BLOCK) if large else 1
+        c = g.integers(0, n_chips, size=(rows, cols // b), dtype=np.int32)
+        if large:
+            rs = g.integers(0, 2, size=rows).astype(np.float32) * 2 - 1
+            cs = g.integers(0, 2, size=cols).astype(np.float32) * 2 - 1
+            signs.append((rs, cs))
+        else:
+            bits = np.unpackbits(np.frombuffer(g.bytes(-(-rows * cols // 8)), dtype=np.uint8))[: rows * cols]
+            signs.append((bits.astype(np.float32) * 2 - 1).reshape(rows, cols))
+        sizes += np.bincount(c.reshape(-1), minlength=n_chips).astype(np.int64) * b
         chips.append(c)
-        signs.append(s)
+        blocks.append(b)
     g = rng(key, "spread/chips")
     dither = g.random(n_chips)
     bits = np.zeros(n_chips, dtype=np.uint8)
     bits[:n_pilot] = g.integers(0, 2, size=n_pilot, dtype=np.uint8)
-    return SpreadLayout(chips, signs, sizes, dither, bits, n_pilot, n_frame, repeats, block)
+    return SpreadLayout(chips, signs, blocks, sizes, dither, bits, n_pilot, n_frame, repeats)
 
 
 def tensor_scale(w: np.ndarray) -> float:
-    s = float(np.std(w, dtype=np.float64))
+    """Standard deviation of a tensor, in one fused pass-pair (float64 accumulation of float32 dots)."""
+    x = w.reshape(-1)
+    n = x.size
+    if n == 0:
+        return 1.0
+    mean = float(x.sum(dtype=np.float64)) / n
+    sq = float(np.dot(x, x)) / n
+    s = math.sqrt(max(sq - mean * mean, 0.0))
     return s if s > 0 else 1.0
 
 
-def projections(lay: SpreadLayout, arrays: list[np.ndarray], scales: list[float] | None = None) -> np.ndarray:
+def projections(lay: SpreadLayout, arrays: list[np.ndarray], scales: list[float] | None = None,
+                simulate: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Chip statistics; ``scales`` (per-tensor std) may be passed in by embed, which knows them, to save
-    a pass over the weights — detect always measures them on the model it is given."""
+    a pass over the weights — detect always measures them on the model it is given. ``simulate`` maps
+    each tensor (one at a time, to bound memory) through a storage conversion first."""
     acc = np.zeros(lay.n_chips, dtype=np.float64)
-    for t, (a, c, s) in enumerate(zip(arrays, lay.chips, lay.signs, strict=True)):
-        x = lay.block_sums(t, a.reshape(-1) * s)
-        scale = tensor_scale(a) if scales is None else scales[t]
-        acc += np.bincount(c, weights=x, minlength=lay.n_chips) / scale
+    for t, a in enumerate(arrays):
+        x = a if simulate is None else simulate(a)
+        sums = lay.signed_block_sums(t, x)
+        scale = tensor_scale(x) if scales is None else scales[t]
+        acc += np.bincount(lay.chips[t].reshape(-1), weights=sums.reshape(-1), minlength=lay.n_chips) / scale
     return acc / np.sqrt(np.maximum(lay.sizes, 1))
 
 
@@ -141,6 +196,18 @@ def error_to_target(p: np.ndarray, step: np.ndarray, lay: SpreadLayout) -> np.nd
     return (np.round(u) - u) * step
 
 
+def _frozen_per_block(lay: SpreadLayout, t: int, fz: np.ndarray | None) -> np.ndarray | None:
+    if fz is None:
+        return None
+    idx = np.flatnonzero(fz)
+    if idx.size == 0:
+        return None
+    c = lay.chips[t]
+    cols = c.shape[1] * lay.blocks[t]
+    blk = (idx // cols) * c.shape[1] + (idx % cols) // lay.blocks[t]
+    return np.bincount(blk, minlength=c.size).reshape(c.shape)
+
+
 def apply_moves(lay: SpreadLayout, arrays: list[np.ndarray], moves: np.ndarray,
                 frozen: list[np.ndarray] | None = None, weights: np.ndarray | None = None,
                 scales: list[float] | None = None) -> list[np.ndarray]:
@@ -149,22 +216,26 @@ def apply_moves(lay: SpreadLayout, arrays: list[np.ndarray], moves: np.ndarray,
     With weight v_t for tensor t, a weight of chip k moves by ``move_k * sign * v_t * sqrt(n_k) / sum v``
     (in std units), which moves the projection by exactly ``move_k``; ``v_t`` proportional to
     ``N_t / sensitivity_t^2`` minimizes the output change (Lagrange), so insensitive tensors carry more.
+    Frozen weights (a sparse few) are left alone and their share goes to the rest of their chip.
     """
     v = np.ones(len(arrays)) if weights is None else np.asarray(weights, dtype=np.float64)
+    fzs = frozen or [None] * len(arrays)
     total = np.zeros(lay.n_chips)
-    for t, (c, fz) in enumerate(zip(lay.chips, frozen or [None] * len(arrays), strict=True)):
-        alive = np.ones(lay.signs[t].size) if fz is None else (~fz.reshape(-1)).astype(np.float64)
-        live = lay.block_sums(t, alive)
-        total += v[t] * np.bincount(c, weights=live, minlength=lay.n_chips)
-    per_weight = (moves * np.sqrt(np.maximum(lay.sizes, 1)) / np.maximum(total, 1e-12)).astype(np.float32)
+    per_block_frozen = []
+    for t, c in enumerate(lay.chips):
+        fb = _frozen_per_block(lay, t, fzs[t])
+        per_block_frozen.append(fb)
+        live = np.full(c.shape, float(lay.blocks[t])) if fb is None else lay.blocks[t] - fb.astype(np.float64)
+        total += v[t] * np.bincount(c.reshape(-1), weights=live.reshape(-1), minlength=lay.n_chips)
+    per_weight = moves * np.sqrt(np.maximum(lay.sizes, 1)) / np.maximum(total, 1e-12)
     out = []
-    for t, (a, s) in enumerate(zip(arrays, lay.signs, strict=True)):
-        c = lay.element_chips(t)
+    for t, a in enumerate(arrays):
         scale = tensor_scale(a) if scales is None else scales[t]
-        delta = (per_weight[c] * (s * np.float32(v[t] * scale))).astype(np.float32)
-        if frozen is not None:
-            delta[frozen[t].reshape(-1)] = 0.0
-        out.append((a.reshape(-1) + delta).reshape(a.shape))
+        delta = lay.signed_delta(t, per_weight[lay.chips[t]] * (v[t] * scale))
+        if fzs[t] is not None and per_block_frozen[t] is not None:
+            delta.reshape(-1)[np.flatnonzero(fzs[t])] = 0.0
+        delta += lay.view(t, a)
+        out.append(delta.reshape(a.shape))
     return out
 
 
@@ -175,49 +246,84 @@ def bad_chips(p: np.ndarray, step: np.ndarray, lay: SpreadLayout, margin: float)
     return dist > 0.25 - margin
 
 
-def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarray, margin: float,
-          frozen: list[np.ndarray], price_scale: np.ndarray | None = None,
-          scales: list[float] | None = None) -> tuple[list[np.ndarray], int]:
+class Tracker:
+    """Chip projections of the weights as they are and as each storage conversion would round them,
+    kept current under sparse edits (rounding flips), so nudging never re-reads every weight.
+
+    INT8 rounding depends on the tensor's max-abs; edits never touch a tensor's largest weights, so the
+    per-tensor max recorded here stays the one the conversion will use."""
+
+    def __init__(self, lay: SpreadLayout, arrays: list[np.ndarray], scales: list[float]) -> None:
+        self.lay, self.scales = lay, scales
+        self.absmax = [float(np.max(np.abs(a))) if a.size else 0.0 for a in arrays]
+        self.p = {"float": projections(lay, arrays, scales)}
+        for name, (simulate, _) in SIMULATORS.items():
+            self.p[name] = projections(lay, arrays, scales, simulate)
+
+    def _sim(self, name: str, t: int, x: np.ndarray) -> np.ndarray:
+        if name == "int8":
+            return simulate_int8_at(x, self.absmax[t])
+        return SIMULATORS[name][0](x)
+
+    def edit(self, t: int, idx: np.ndarray, old: np.ndarray, new: np.ndarray) -> None:
+        lay = self.lay
+        ch = lay.chip_at(t, idx)
+        coef = lay.sign_at(t, idx).astype(np.float64) / (self.scales[t] * np.sqrt(np.maximum(lay.sizes[ch], 1)))
+        self.p["float"] += np.bincount(ch, weights=coef * (new.astype(np.float64) - old), minlength=lay.n_chips)
+        for name in SIMULATORS:
+            d = self._sim(name, t, new).astype(np.float64) - self._sim(name, t, old)
+            self.p[name] += np.bincount(ch, weights=coef * d, minlength=lay.n_chips)
+
+
+def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, tracker: Tracker, step: np.ndarray,
+          margin: float, frozen: list[np.ndarray], price_scale: np.ndarray | None = None,
+          round_no: int = 0) -> int:
     """Move the cheapest weights across a rounding boundary of ``sim`` until failing chips decode.
 
     Candidates from all tensors compete per chip on cost per unit of projection gain (both in
-    tensor-std units), so the fix lands where it disturbs the function least. Flipped weights are added
-    to ``frozen`` (updated in place). Returns the new arrays and the number of chips that were failing.
+    tensor-std units), so the fix lands where it disturbs the function least. Large models examine a
+    rotating sample of at most ``NUDGE_BUDGET`` weights of the failing chips: a chip of 10^5 weights
+    has far more boundary-adjacent weights than it needs. ``arrays`` are edited in place, the tracker
+    follows, and flipped weights are added to ``frozen``. Returns the number of chips that were failing.
     """
-    simulate, neighbours = SIMULATORS[sim]
-    simmed = [simulate(a) for a in arrays]
-    p = projections(lay, simmed, scales)
+    _, neighbours = SIMULATORS[sim]
+    p = tracker.p[sim]
     bad = bad_chips(p, step, lay, margin)
     n_bad = int(bad.sum())
     if n_bad == 0:
-        return arrays, 0
+        return 0
     need = error_to_target(p, step, lay)  # signed projection change wanted per chip
+    n_total = sum(a.size for a in arrays)
     parts = []
-    for t, (a, s) in enumerate(zip(arrays, lay.signs, strict=True)):
+    for t, a in enumerate(arrays):
         if price_scale is not None and price_scale[t] > MAX_NUDGE_PRICE:
             continue  # a tensor this sensitive is never worth a rounding flip
-        blocks = np.flatnonzero(bad[lay.chips[t]])
-        if blocks.size == 0:
+        c = lay.chips[t]
+        b = lay.blocks[t]
+        blk = np.flatnonzero(bad[c.reshape(-1)])
+        if blk.size == 0:
             continue
+        budget = max(NUDGE_BUDGET * a.size // n_total, 4096)
+        if blk.size * b > budget:
+            stride = -(-blk.size * b // budget)
+            blk = blk[round_no % stride::stride]
+        nbr = c.shape[1]
+        cols = nbr * b
+        start = (blk // nbr) * cols + (blk % nbr) * b
+        sel = (start[:, None] + np.arange(b)).reshape(-1) if b > 1 else start
         flat = a.reshape(-1)
-        if lay.block == 1:
-            sel = blocks
-        else:
-            sel = (blocks[:, None] * lay.block + np.arange(lay.block)).ravel()
-            sel = sel[sel < flat.size]
-        absmax = float(np.max(np.abs(flat)))
+        absmax = tracker.absmax[t]
         vals = flat[sel]
         keep = ~frozen[t].reshape(-1)[sel] & (np.abs(vals) < 0.99 * absmax)  # the max sets the INT8 scale
         sel, vals = sel[keep], vals[keep]
         if sel.size == 0:
             continue
-        c = lay.chips[t][sel // lay.block]
+        ch = lay.chip_at(t, sel)
         up_step, up_cost, down_step, down_cost = neighbours(vals, absmax)
-        ch = c
-        up = (need[ch] * s[sel]) > 0  # does moving this weight up raise its chip's projection?
+        up = (need[ch] * lay.sign_at(t, sel)) > 0  # does moving this weight up raise its chip's projection?
         move = np.where(up, up_step, down_step)
         cost = np.where(up, up_cost, down_cost)
-        std = tensor_scale(simmed[t]) if scales is None else scales[t]
+        std = tracker.scales[t]
         gain = move / (std * np.sqrt(lay.sizes[ch]))
         # A flip must not overshoot the target, and only weights already near a rounding boundary are
         # cheap enough to flip (cost below a quarter level).
@@ -225,12 +331,12 @@ def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarra
         cap = np.clip(200.0 / lay.sizes[ch], 0.02, MAX_FLIP_COST)
         ok = (gain > 0) & (gain < 2 * np.abs(need[ch])) & (cost <= cap * move)
         sign = np.where(up, 1.0, -1.0)
-        delta = sign * (cost + 0.05 * move)  # land 5% of a level past the boundary
+        delta = sign * (cost + FLIP_OVERSHOOT * move)  # land just past the boundary
         ps = 1.0 if price_scale is None else float(price_scale[t])
         price = ps * (cost / std) / gain
         parts.append((np.full(int(ok.sum()), t), sel[ok], ch[ok], gain[ok], price[ok], delta[ok]))
     if not parts:
-        return arrays, n_bad
+        return n_bad
     tt, idx, ch, gain, price, delta = (np.concatenate(v) for v in zip(*parts, strict=True))
     order = np.lexsort((price, ch))
     ch_o, gain_o = ch[order], gain[order]
@@ -238,10 +344,12 @@ def nudge(lay: SpreadLayout, arrays: list[np.ndarray], sim: str, step: np.ndarra
     first = np.searchsorted(ch_o, ch_o, side="left")
     before = cum - gain_o - np.where(first > 0, cum[np.maximum(first - 1, 0)], 0.0)
     take = order[before + gain_o / 2 < np.abs(need[ch_o])]  # stop at the flip that lands nearest
-    out = [a.copy() for a in arrays]
     for t in np.unique(tt[take]):
         m = take[tt[take] == t]
-        flat = out[t].reshape(-1)
-        flat[idx[m]] += delta[m].astype(np.float32)
+        flat = arrays[t].reshape(-1)
+        old = flat[idx[m]]
+        new = old + delta[m].astype(np.float32)
+        flat[idx[m]] = new
+        tracker.edit(int(t), idx[m], old, new)
         frozen[t].reshape(-1)[idx[m]] = True  # each weight flips at most once: fixes cannot pile up
-    return out, n_bad
+    return n_bad
