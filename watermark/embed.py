@@ -72,9 +72,12 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
     # Pick the level from one cheap trial (spread moves only, at level 1; the output change scales
     # linearly with strength), then mark fully and re-check, stepping down while the bound is missed.
     p0 = spread.projections(lay, arrays0, scales)  # the unmarked chips: shared by the trial and the mark
-    trial = _spread_only(arrays0, lay, STRENGTH, protect_raw, share, scales, 1 if large else 2, p0)
+    # Large models: the trial and every marking attempt reuse one set of buffers (fresh 400 MB would cost
+    # more in page faults than the arithmetic done in it).
+    work = [np.empty_like(a) for a in arrays0] if large else None
+    trial = _spread_only(arrays0, lay, STRENGTH, protect_raw, share, scales, 1 if large else 2, p0, work)
     per_level = compare(reference, runner.run(trial), n_probes, probe_kind).max_relative_change
-    del trial  # 400 MB on a 100M-weight model
+    del trial
     aim = [i for i, lv in enumerate(STRENGTH_LEVELS) if lv * per_level <= max_relative_change * TARGET_SHARE]
     start = aim[0] if aim else len(STRENGTH_LEVELS) - 1
     best: FidelityReport | None = None
@@ -82,7 +85,7 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
     for level in STRENGTH_LEVELS[start:]:
         strength = STRENGTH * level
         arrays, survived = _mark(arrays0, lay, strength, subsets, codes, frame, protect_raw, share, price, scales,
-                                 large, p0)
+                                 large, p0, work)
         report = compare(reference, runner.run(arrays), n_probes, probe_kind)
         if best is None or report.max_relative_change < best.max_relative_change:
             best = report
@@ -142,23 +145,29 @@ def _tensor_weights(runner: ProbeRunner, reference: list[np.ndarray], arrays: li
 
 def _spread_only(arrays: list[np.ndarray], lay: spread.SpreadLayout, strength: float,
                  protect_raw: list[np.ndarray], share: np.ndarray | None, scales: list[float],
-                 passes: int, p0: np.ndarray | None = None) -> list[np.ndarray]:
+                 passes: int, p0: np.ndarray | None = None, out: list[np.ndarray] | None = None
+                 ) -> list[np.ndarray]:
     """Move every chip onto its lattice point; a second pass absorbs the share of frozen weights (a large
     model has so few that settling takes care of the remainder)."""
     step = spread.steps(lay, strength)
     for i in range(passes):
         p = p0 if i == 0 and p0 is not None else spread.projections(lay, arrays, scales)
-        arrays = spread.apply_moves(lay, arrays, spread.error_to_target(p, step, lay), protect_raw, share, scales)
+        arrays = spread.apply_moves(lay, arrays, spread.error_to_target(p, step, lay), protect_raw, share, scales,
+                                    out if i == 0 else None)
     return arrays
 
 
 def _mark(arrays0: list[np.ndarray], lay: spread.SpreadLayout, strength: float,
           subsets: list[canonicalize.RowSubset], codes: list[lattice.LatticeCode], frame: np.ndarray,
           protect_raw: list[np.ndarray], share: np.ndarray | None, price: np.ndarray | None,
-          scales: list[float], large: bool, p0: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+          scales: list[float], large: bool, p0: np.ndarray, work: list[np.ndarray] | None
+          ) -> tuple[list[np.ndarray], list[str]]:
     step = spread.steps(lay, strength)
-    arrays = _spread_only(arrays0, lay, strength, protect_raw, share, scales, 1 if large else 2, p0)
-    tracker = spread.Tracker(lay, arrays, scales)
+    arrays = _spread_only(arrays0, lay, strength, protect_raw, share, scales, 1 if large else 2, p0, work)
+    # One pass moves every chip exactly onto its target (up to float32 rounding, ~1e-7 of a step), so a
+    # large model's float projections need not be read again; small ones are simply re-measured.
+    p_float = p0 + spread.error_to_target(p0, step, lay) if large else None
+    tracker = spread.Tracker(lay, arrays, scales, p_float)
     arrays, tracker = _settle(lay, arrays, tracker, step, protect_raw, share, price, scales, fix_float=True)
     # The lattice goes last: it is the fragile channel, and its 2^-16 moves barely touch the spread chips;
     # the second settle then flips only the few weights whose rounding they tipped.

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 
 from sealinfer.watermark.errors import FidelityError
-from sealinfer.watermark.graph import WeightRef
+from sealinfer.watermark.graph import WeightRef, copy_fields
 from sealinfer.watermark.report import FidelityReport
 
 _NP = {
@@ -113,16 +113,16 @@ class ProbeRunner:
     on the same probes without rebuilding a session (or ever serializing a variant) for each."""
 
     def __init__(self, model: onnx.ModelProto, refs: list[WeightRef], probes: dict[str, np.ndarray]) -> None:
+        # Built field by field so the carrier initializers (most of a large model's bytes) are never copied.
         variant = onnx.ModelProto()
-        variant.CopyFrom(model)
+        copy_fields(model, variant, {"graph"})
+        copy_fields(model.graph, variant.graph, {"initializer"})
         names = {r.init_name for r in refs}
-        kept = [t for t in variant.graph.initializer if t.name not in names]
-        moved = [t for t in variant.graph.initializer if t.name in names]
-        del variant.graph.initializer[:]
-        variant.graph.initializer.extend(kept)
         declared = {i.name for i in variant.graph.input}
-        for t in moved:
-            if t.name not in declared:
+        for t in model.graph.initializer:
+            if t.name not in names:
+                variant.graph.initializer.add().CopyFrom(t)
+            elif t.name not in declared:
                 variant.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         self.refs = refs
         self.probes = probes

@@ -61,6 +61,9 @@ class _Graph:
         """Resolve ``name`` to (float32 values, initializer name, stored kind) if it is a constant weight."""
         if name in self.inits:
             t = self.inits[name]
+            arr = _float32_view(t)
+            if arr is not None:
+                return arr, name, "float32"
             arr = numpy_helper.to_array(t)
             if arr.dtype == np.float32:
                 return arr, name, "float32"
@@ -104,6 +107,17 @@ class _Graph:
         if scale is None:
             return None
         return dequantize(q, scale, zp, 1), name
+
+
+def _float32_view(t: onnx.TensorProto) -> np.ndarray | None:
+    """A read-only float32 array over an in-file little-endian initializer's bytes (no second copy)."""
+    if t.data_type != onnx.TensorProto.FLOAT or t.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    raw = t.raw_data
+    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    if len(raw) != 4 * n:
+        return None
+    return np.frombuffer(raw, dtype="<f4").reshape(tuple(t.dims)).astype(np.float32, copy=False)
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -150,7 +164,7 @@ def read_weights(model: onnx.ModelProto) -> WeightSet:
     return WeightSet(refs, arrays)
 
 
-def _copy_fields(src: Any, dst: Any, skip: set[str]) -> None:
+def copy_fields(src: Any, dst: Any, skip: set[str]) -> None:
     """Copy every set field of protobuf message ``src`` into ``dst`` except those named in ``skip``."""
     for fd, val in src.ListFields():
         if fd.name in skip:
@@ -171,8 +185,8 @@ def write_weights(model: onnx.ModelProto, refs: list[WeightRef], arrays: list[np
     """
     new = {ref.init_name: (ref, arr) for ref, arr in zip(refs, arrays, strict=True) if ref.kind == "float32"}
     out = onnx.ModelProto()
-    _copy_fields(model, out, {"graph"})
-    _copy_fields(model.graph, out.graph, {"initializer"})
+    copy_fields(model, out, {"graph"})
+    copy_fields(model.graph, out.graph, {"initializer"})
     for t in model.graph.initializer:
         dst = out.graph.initializer.add()
         if t.name not in new:
@@ -180,8 +194,11 @@ def write_weights(model: onnx.ModelProto, refs: list[WeightRef], arrays: list[np
             continue
         ref, arr = new[t.name]
         stored = np.ascontiguousarray(arr.T if ref.transposed else arr, dtype="<f4")
-        _copy_fields(t, dst, {"raw_data", "float_data", "data_location", "external_data"})
-        del dst.dims[:]
+        # Field by field: ListFields() on a tensor would materialize its old raw bytes.
+        dst.name = t.name
+        if t.doc_string:
+            dst.doc_string = t.doc_string
+        dst.metadata_props.extend(t.metadata_props)
         dst.dims.extend(stored.shape)
         dst.data_type = onnx.TensorProto.FLOAT
         dst.raw_data = stored.tobytes()

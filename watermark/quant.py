@@ -41,11 +41,17 @@ def simulate_int8(w: np.ndarray) -> np.ndarray:
 
 def simulate_int8_at(w: np.ndarray, absmax: float) -> np.ndarray:
     """INT8 rounding of (part of) a tensor whose max-abs, which sets the scale, is ``absmax``."""
+    return int8_into(np.asarray(w, dtype=np.float32), absmax, np.empty(np.shape(w), dtype=np.float32))
+
+
+def int8_into(w: np.ndarray, absmax: float, out: np.ndarray) -> np.ndarray:
+    """``simulate_int8_at`` written into ``out`` (same float32 operations: w / scale, rint, clip, * scale)."""
     scale = np.float32(absmax / INT8_QMAX if absmax > 0 else 1.0)
-    q = np.rint(w / scale)
-    np.clip(q, -INT8_QMAX, INT8_QMAX, out=q)
-    q *= scale
-    return q.astype(np.float32, copy=False)
+    np.divide(w, scale, out=out)
+    np.rint(out, out=out)
+    np.clip(out, -INT8_QMAX, INT8_QMAX, out=out)
+    out *= scale
+    return out
 
 
 def simulate_fp16(w: np.ndarray) -> np.ndarray:

@@ -16,13 +16,12 @@ frame repeated ``repeats`` times.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from sealinfer.watermark.keys import rng
-from sealinfer.watermark.quant import SIMULATORS, simulate_int8_at
+from sealinfer.watermark.quant import SIMULATORS, int8_into, simulate_int8_at
 
 N_PILOT = 256  # large models: more pilots = more evidence per weight under heavy noise
 REPEATS = 3
@@ -52,10 +51,22 @@ class SpreadLayout:
     n_pilot: int
     n_frame: int
     repeats: int
+    _scratch: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_chips(self) -> int:
         return self.sizes.size
+
+    def scratch(self, name: str, t: int, dtype: type = np.float32) -> np.ndarray:
+        """A reusable work buffer shaped ``[rows, cols]`` for tensor t. Fresh 64 MB arrays cost more in
+        page faults than the arithmetic done in them, so the passes over a large model share a few."""
+        c = self.chips[t]
+        rows, n = c.shape[0], c.size * self.blocks[t]
+        buf = self._scratch.get(name)
+        if buf is None or buf.size < n or buf.dtype != dtype:
+            most = max(ch.size * b for ch, b in zip(self.chips, self.blocks, strict=True))
+            buf = self._scratch[name] = np.empty(most, dtype=dtype)
+        return buf[:n].reshape(rows, -1)
 
     def view(self, t: int, a: np.ndarray) -> np.ndarray:
         rows = self.chips[t].shape[0]
@@ -66,24 +77,26 @@ class SpreadLayout:
         x = self.view(t, a)
         s = self.signs[t]
         b = self.blocks[t]
-        y = x * (s if isinstance(s, np.ndarray) else s[1][None, :])
+        y = np.multiply(x, s if isinstance(s, np.ndarray) else s[1][None, :], out=self.scratch("product", t))
         if b > 1:
             y = y.reshape(y.shape[0], -1, b).sum(axis=2, dtype=np.float64)
+        else:
+            y = y.astype(np.float64)
         if not isinstance(s, np.ndarray):
-            y = y * s[0][:, None]
+            y *= s[0][:, None]
         return y
 
-    def signed_delta(self, t: int, per_block: np.ndarray) -> np.ndarray:
-        """Per weight: sign * (value of its block), float32 [rows, cols]."""
+    def signed_delta(self, t: int, per_block: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Per weight: sign * (value of its block), written into ``out`` (float32 [rows, cols])."""
         s = self.signs[t]
         b = self.blocks[t]
         v = per_block.astype(np.float32)
         if isinstance(s, np.ndarray):
-            full = v if b == 1 else np.repeat(v, b, axis=1)
-            return full * s
+            np.multiply(v if b == 1 else np.repeat(v, b, axis=1), s, out=out)
+            return out
         rows = v.shape[0]
-        out = (v * s[0][:, None])[:, :, None] * s[1].reshape(1, -1, b)
-        return out.reshape(rows, -1)
+        np.multiply((v * s[0][:, None])[:, :, None], s[1].reshape(1, -1, b), out=out.reshape(rows, -1, b))
+        return out
 
     def sign_at(self, t: int, idx: np.ndarray) -> np.ndarray:
         s = self.signs[t]
@@ -162,14 +175,29 @@ def tensor_scale(w: np.ndarray) -> float:
     return s if s > 0 else 1.0
 
 
+def simulated(lay: SpreadLayout, t: int, a: np.ndarray, sim: str, absmax: float | None = None) -> np.ndarray:
+    """Tensor t as storage conversion ``sim`` would round it, in a scratch buffer (valid until the next call)."""
+    out = lay.scratch("simulated", t)
+    x = lay.view(t, a)
+    if sim == "fp16":
+        half = lay.scratch("half", t, np.float16)
+        np.copyto(half, x, casting="same_kind")
+        np.copyto(out, half)
+        return out
+    if sim == "int8":
+        m = float(np.max(np.abs(x))) if absmax is None else absmax
+        return int8_into(x, m, out)
+    raise ValueError(sim)
+
+
 def projections(lay: SpreadLayout, arrays: list[np.ndarray], scales: list[float] | None = None,
-                simulate: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+                sim: str | None = None) -> np.ndarray:
     """Chip statistics; ``scales`` (per-tensor std) may be passed in by embed, which knows them, to save
-    a pass over the weights — detect always measures them on the model it is given. ``simulate`` maps
-    each tensor (one at a time, to bound memory) through a storage conversion first."""
+    a pass over the weights — detect always measures them on the model it is given. ``sim`` names a
+    storage conversion to apply first (tensor by tensor, in a reused buffer)."""
     acc = np.zeros(lay.n_chips, dtype=np.float64)
     for t, a in enumerate(arrays):
-        x = a if simulate is None else simulate(a)
+        x = a if sim is None else simulated(lay, t, a, sim)
         sums = lay.signed_block_sums(t, x)
         scale = tensor_scale(x) if scales is None else scales[t]
         acc += np.bincount(lay.chips[t].reshape(-1), weights=sums.reshape(-1), minlength=lay.n_chips) / scale
@@ -210,7 +238,7 @@ def _frozen_per_block(lay: SpreadLayout, t: int, fz: np.ndarray | None) -> np.nd
 
 def apply_moves(lay: SpreadLayout, arrays: list[np.ndarray], moves: np.ndarray,
                 frozen: list[np.ndarray] | None = None, weights: np.ndarray | None = None,
-                scales: list[float] | None = None) -> list[np.ndarray]:
+                scales: list[float] | None = None, out: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Spread each chip's projection move over its weights, tensor ``t`` taking a share ``weights[t]``.
 
     With weight v_t for tensor t, a weight of chip k moves by ``move_k * sign * v_t * sqrt(n_k) / sum v``
@@ -228,15 +256,16 @@ def apply_moves(lay: SpreadLayout, arrays: list[np.ndarray], moves: np.ndarray,
         live = np.full(c.shape, float(lay.blocks[t])) if fb is None else lay.blocks[t] - fb.astype(np.float64)
         total += v[t] * np.bincount(c.reshape(-1), weights=live.reshape(-1), minlength=lay.n_chips)
     per_weight = moves * np.sqrt(np.maximum(lay.sizes, 1)) / np.maximum(total, 1e-12)
-    out = []
+    result = []
     for t, a in enumerate(arrays):
         scale = tensor_scale(a) if scales is None else scales[t]
-        delta = lay.signed_delta(t, per_weight[lay.chips[t]] * (v[t] * scale))
+        dst = lay.view(t, out[t]) if out is not None else np.empty(lay.view(t, a).shape, dtype=np.float32)
+        delta = lay.signed_delta(t, per_weight[lay.chips[t]] * (v[t] * scale), dst)
         if fzs[t] is not None and per_block_frozen[t] is not None:
             delta.reshape(-1)[np.flatnonzero(fzs[t])] = 0.0
         delta += lay.view(t, a)
-        out.append(delta.reshape(a.shape))
-    return out
+        result.append(delta.reshape(a.shape))
+    return result
 
 
 def bad_chips(p: np.ndarray, step: np.ndarray, lay: SpreadLayout, margin: float) -> np.ndarray:
@@ -253,12 +282,13 @@ class Tracker:
     INT8 rounding depends on the tensor's max-abs; edits never touch a tensor's largest weights, so the
     per-tensor max recorded here stays the one the conversion will use."""
 
-    def __init__(self, lay: SpreadLayout, arrays: list[np.ndarray], scales: list[float]) -> None:
+    def __init__(self, lay: SpreadLayout, arrays: list[np.ndarray], scales: list[float],
+                 p_float: np.ndarray | None = None) -> None:
         self.lay, self.scales = lay, scales
-        self.absmax = [float(np.max(np.abs(a))) if a.size else 0.0 for a in arrays]
-        self.p = {"float": projections(lay, arrays, scales)}
-        for name, (simulate, _) in SIMULATORS.items():
-            self.p[name] = projections(lay, arrays, scales, simulate)
+        self.absmax = [max(float(a.max()), -float(a.min())) if a.size else 0.0 for a in arrays]
+        self.p = {"float": projections(lay, arrays, scales) if p_float is None else p_float.copy()}
+        for name in SIMULATORS:
+            self.p[name] = projections(lay, arrays, scales, name)
 
     def _sim(self, name: str, t: int, x: np.ndarray) -> np.ndarray:
         if name == "int8":
