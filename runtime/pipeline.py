@@ -48,15 +48,26 @@ _REQUESTS = itertools.count(1)
 
 def keyed_digest(key: bytes, tensors: Mapping[str, Any]) -> str:
     """HMAC-SHA256 over names, dtypes, shapes and bytes: links records to data without revealing it."""
-    mac = hmac.new(key, digestmod=hashlib.sha256)
+    parts: list[bytes | memoryview] = []
+    size = 0
     for name in sorted(tensors):
         arr = tensors[name]
         if not isinstance(arr, np.ndarray):
-            mac.update(f"{name}|{type(arr).__name__}|".encode())
+            parts.append(f"{name}|{type(arr).__name__}|".encode())
             continue
-        mac.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-        mac.update(np.ascontiguousarray(arr).data)
+        parts.append(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        data = np.ascontiguousarray(arr).data
+        parts.append(data)
+        size += data.nbytes
+    if size <= _ONE_SHOT_BYTES:  # the usual request: one C call instead of an HMAC object and updates
+        return hmac.digest(key, b"".join(parts), "sha256").hex()
+    mac = hmac.new(key, digestmod=hashlib.sha256)  # large tensors: no concatenated copy
+    for part in parts:
+        mac.update(part)
     return mac.hexdigest()
+
+
+_ONE_SHOT_BYTES = 1 << 16
 
 
 @dataclass

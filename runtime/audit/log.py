@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+from _thread import LockType
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,8 +48,7 @@ class _Pending:
 
     def __init__(self, payloads: list[str]) -> None:
         self.payloads = payloads
-        self.wake = _allocate_lock()
-        self.wake.acquire()
+        self.wake: LockType | None = None  # only a caller that has to wait gets one
         self.receipts: list[AuditReceipt] = []
         self.error: BaseException | None = None
         self.done = False
@@ -167,6 +167,8 @@ class AuditLog:
             if self._closed:
                 raise StoreError(f"Audit log {self.path} is closed.", hint="Open a new AuditLog.")
             if self._committing:
+                mine.wake = _allocate_lock()
+                mine.wake.acquire()
                 self._pending.append(mine)
                 leader = False
             else:
@@ -178,6 +180,7 @@ class AuditLog:
                 else:
                     batch = [mine]
         if not leader:
+            assert mine.wake is not None
             mine.wake.acquire()  # released once: either our record is committed or we lead next
             if not mine.done:
                 with self._mutex:
@@ -205,9 +208,10 @@ class AuditLog:
             for p in batch:
                 p.error = error
                 p.done = True
-                p.wake.release()
+                if p.wake is not None:
+                    p.wake.release()
             if self._pending:  # hand over: the oldest waiter leads the next batch, nobody else wakes
-                self._pending[0].wake.release()
+                self._pending[0].wake.release()  # type: ignore[union-attr]  # queued callers have one
             else:
                 self._committing = False
                 self._idle.notify_all()
@@ -217,6 +221,12 @@ class AuditLog:
         if not batch and (self._signer is None or self._size <= self._cp_size):
             return  # nothing to commit and nothing to sign
         conn = self._conn
+        if len(batch) == 1 and len(batch[0].payloads) == 1 and not force_checkpoint and not self._pending:
+            # A lone record: its INSERT in autocommit mode is its own transaction, exactly as durable
+            # as BEGIN/INSERT/COMMIT and one statement instead of three (it is the whole cost a lone
+            # caller pays). _write_rows opens a transaction itself if a checkpoint falls due.
+            self._write_rows(batch, force_checkpoint=False)
+            return
         # BEGIN releases the GIL: callers that were serialising records meanwhile queue up, and the
         # leader takes them into this same transaction (no sleep, no thread hand-off).
         conn.execute("BEGIN IMMEDIATE")
@@ -261,19 +271,30 @@ class AuditLog:
         ):
             checkpoint = sign_checkpoint(self._signer, self.log_id, size, frontier.root(), ts)
         conn = self._conn
+        autocommit = not conn.in_transaction
+        if autocommit and checkpoint is not None:
+            conn.execute("BEGIN IMMEDIATE")  # the record and its checkpoint commit together or not at all
+            autocommit = False
         try:
             if len(rows) == 1:
                 conn.execute(_INSERT, rows[0])
             elif rows:
                 conn.executemany(_INSERT, rows)
+            if checkpoint is not None:
+                conn.execute(_INSERT_CP, [checkpoint.tree_size, checkpoint.root, checkpoint.time,
+                                          checkpoint.key_id, checkpoint.signature])
         except sqlite3.IntegrityError:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             last = conn.execute("SELECT max(seq) FROM audit_events").fetchone()[0] or 0
             raise StoreError(f"Another writer appended to {self.path} (last seq {last}, expected {self._size}).",
                              hint="Only one process may write an audit log; give each its own file.") from None
-        if checkpoint is not None:
-            conn.execute(_INSERT_CP, [checkpoint.tree_size, checkpoint.root, checkpoint.time,
-                                      checkpoint.key_id, checkpoint.signature])
-        conn.execute("COMMIT")
+        except BaseException:
+            if autocommit and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if not autocommit:
+            conn.execute("COMMIT")
         self._size, self._head, self._frontier, self._last_ns = size, prev, frontier, now
         if checkpoint is not None:
             self._cp_size = size

@@ -1,0 +1,64 @@
+"""The audit record's canonical JSON: the fast field-by-field encoder must equal the generic one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sealinfer.runtime.audit.log import AuditLog
+from sealinfer.runtime.audit.record import AuditEvent
+from sealinfer.runtime.audit.verify import verify_log
+
+from .conftest import make_event, make_signer, trust_for
+
+text = st.text(min_size=1, max_size=40).filter(lambda t: t.strip() != "")
+maybe_text = st.none() | st.text(max_size=40)
+digest = st.none() | st.text(alphabet="0123456789abcdef", min_size=16, max_size=128)
+finite = st.floats(allow_nan=False, allow_infinity=False)
+scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | finite | st.text(max_size=20)
+details = st.dictionaries(st.text(max_size=10), scalars | st.lists(scalars, max_size=3), max_size=4)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    actor=text, role=text, purpose=text, action=text, model_id=maybe_text, model_version=maybe_text,
+    model_digest=digest, policy_id=maybe_text, policy_version=maybe_text,
+    decision=st.sampled_from(["allow", "deny"]), reasons=st.lists(st.text(max_size=30), max_size=4),
+    outcome=st.sampled_from(["ok", "denied", "error"]), error_code=maybe_text, device=maybe_text,
+    input_digest=digest, output_digest=digest, latency_us=st.none() | st.integers(0, 2**63),
+    tenant=maybe_text, break_glass=st.booleans(), details=details,
+)
+def test_canonical_json_is_exactly_what_json_dumps_gives(**kw: object) -> None:
+    event = AuditEvent(**kw)  # type: ignore[arg-type]
+    expected = {f.name: getattr(event, f.name) for f in fields(AuditEvent)}
+    expected["reasons"] = list(event.reasons)
+    assert event.to_json() == json.dumps(expected, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def test_a_lone_append_that_falls_due_for_a_checkpoint_commits_both(tmp_path: Path) -> None:
+    signer = make_signer()
+    log = AuditLog(tmp_path / "a.db", signer=signer, checkpoint_every=3)
+    for i in range(7):  # lone appends take the one-statement path; the 3rd and 6th also sign
+        log.append(make_event(i))
+    cp = log.latest_checkpoint()
+    assert cp is not None and cp.tree_size == 6
+    log.close()
+    result = verify_log(tmp_path / "a.db", trust_for(signer))
+    assert result.ok and result.records == 7 and result.checkpoints == 3  # 3, 6 and 7 at close
+
+
+anything = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3) | st.just("f" * 16) | st.just([])
+
+
+@settings(max_examples=400, deadline=None)
+@given(values=st.fixed_dictionaries({f.name: anything for f in fields(AuditEvent)}))
+def test_the_fast_validity_check_never_accepts_what_the_full_check_refuses(values: dict[str, object]) -> None:
+    from sealinfer.runtime.audit.record import _explain, _plainly_valid
+
+    event = AuditEvent(**values)  # type: ignore[arg-type]
+    if _plainly_valid(event):
+        _explain(event)  # must not raise: the fast path may only accept what the full check accepts

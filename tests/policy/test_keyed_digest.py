@@ -1,0 +1,38 @@
+"""Keyed digests of request tensors: what the audit record holds instead of the data."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import numpy as np
+
+from sealinfer.runtime.pipeline import keyed_digest
+
+KEY = bytes(range(32))
+
+
+def reference(key: bytes, tensors: dict[str, np.ndarray]) -> str:
+    """The documented layout, spelled out: for each name in order, 'name|dtype|shape|' then the bytes."""
+    message = b"".join(
+        f"{n}|{tensors[n].dtype.str}|{tensors[n].shape}|".encode() + np.ascontiguousarray(tensors[n]).tobytes()
+        for n in sorted(tensors)
+    )
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def test_small_and_large_requests_digest_the_same_documented_bytes() -> None:
+    small = {"x": np.arange(30, dtype=np.float32).reshape(1, 30), "a": np.array([1, 2], np.int64)}
+    large = {"x": np.arange(48 * 1024, dtype=np.float32).reshape(48, 1024)[:, ::2]}  # non-contiguous, > 64 KiB
+    for tensors in (small, large):
+        assert keyed_digest(KEY, tensors) == reference(KEY, tensors)
+
+
+def test_digest_changes_with_key_data_shape_and_dtype() -> None:
+    x = np.zeros((2, 3), np.float32)
+    base = keyed_digest(KEY, {"x": x})
+    assert keyed_digest(bytes(32), {"x": x}) != base
+    assert keyed_digest(KEY, {"x": x + 1}) != base
+    assert keyed_digest(KEY, {"x": x.reshape(3, 2)}) != base
+    assert keyed_digest(KEY, {"x": x.astype(np.int32)}) != base
+    assert keyed_digest(KEY, {"y": x}) != base
