@@ -19,6 +19,7 @@ import time
 from _thread import LockType
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
@@ -33,6 +34,14 @@ from sealinfer.runtime.keys.signing import Signer
 DURABILITY = {"process": "NORMAL", "power": "FULL"}
 _WAL_INTERVAL = 0.5  # seconds between WAL checkpoints (copying the WAL into the main file)
 _INSERT = "INSERT INTO audit_events (seq, body, prev_hash, entry_hash) VALUES (?, ?, ?, ?)"
+_CHUNK = 64  # rows per multi-row INSERT; the statements for 2..64 rows stay in sqlite3's statement cache
+
+
+@lru_cache(maxsize=_CHUNK)
+def _insert_rows(n: int) -> str:
+    return "INSERT INTO audit_events (seq, body, prev_hash, entry_hash) VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
+
+
 _INSERT_CP = "INSERT INTO audit_checkpoints (tree_size, root, time, key_id, signature) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -278,8 +287,13 @@ class AuditLog:
         try:
             if len(rows) == 1:
                 conn.execute(_INSERT, rows[0])
-            elif rows:
-                conn.executemany(_INSERT, rows)
+            else:
+                # One multi-row INSERT per chunk, not executemany: executemany releases and retakes
+                # the GIL at every row, and with many appending threads each release hands the GIL
+                # to another thread, so the leader's commit crawled behind its own followers.
+                for start in range(0, len(rows), _CHUNK):
+                    chunk = rows[start:start + _CHUNK]
+                    conn.execute(_insert_rows(len(chunk)), [v for row in chunk for v in row])
             if checkpoint is not None:
                 conn.execute(_INSERT_CP, [checkpoint.tree_size, checkpoint.root, checkpoint.time,
                                           checkpoint.key_id, checkpoint.signature])
