@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from sealinfer.watermark import canonicalize, codec, lattice, spread
+from sealinfer.watermark import canonicalize, codec, lattice, robust, spread
 from sealinfer.watermark.common import STRENGTH, STRENGTH_LEVELS, carriers
 from sealinfer.watermark.errors import PayloadMismatchError, WatermarkError, WatermarkNotFoundError
 from sealinfer.watermark.keys import SCHEME, check_key
@@ -19,8 +19,10 @@ LN10 = math.log(10.0)
 
 
 class _Channel:
-    def __init__(self, name: str, log_p: float, agree: int, total: int, frame_bits: np.ndarray | None) -> None:
+    def __init__(self, name: str, log_p: float, agree: int, total: int, frame_bits: np.ndarray | None,
+                 score: float | None = None) -> None:
         self.name, self.log_p, self.agree, self.total, self.frame_bits = name, log_p, agree, total, frame_bits
+        self.score = codec.z_score(agree, total) if score is None else score
 
 
 def _spread_channel(arrays: list[np.ndarray], shapes: list[tuple[int, ...]], key: bytes, n_frame: int) -> _Channel:
@@ -28,20 +30,19 @@ def _spread_channel(arrays: list[np.ndarray], shapes: list[tuple[int, ...]], key
     if int(lay.sizes.min()) < spread.MIN_CHIP:
         return _Channel("spread", 0.0, 0, 0, None)
     p = spread.projections(lay, arrays)
-    best: _Channel | None = None
+    best: tuple[int, np.ndarray] | None = None
     for level in STRENGTH_LEVELS:  # the strength embed settled on is not stored: test each, pay for it below
         d = spread.decisions(p, spread.steps(lay, STRENGTH * level), lay)
         agree = int(np.count_nonzero(d[: lay.n_pilot] == lay.bits[: lay.n_pilot]))
-        idx = np.arange(lay.n_chips - lay.n_pilot) % n_frame
-        ones = np.bincount(idx, weights=d[lay.n_pilot:], minlength=n_frame)
-        votes = np.bincount(idx, minlength=n_frame)
-        ch = _Channel("spread", codec.binom_log_sf(agree, lay.n_pilot), agree, lay.n_pilot,
-                      codec.majority(ones, votes))
-        if best is None or ch.log_p < best.log_p:
-            best = ch
+        if best is None or agree > best[0]:  # the binomial tail falls with agreement: most agreeing is best
+            best = (agree, d)
     assert best is not None
-    best.log_p = min(0.0, best.log_p + math.log(len(STRENGTH_LEVELS)))  # Bonferroni over strengths
-    return best
+    agree, d = best
+    idx = np.arange(lay.n_chips - lay.n_pilot) % n_frame
+    ones = np.bincount(idx, weights=d[lay.n_pilot:], minlength=n_frame)
+    votes = np.bincount(idx, minlength=n_frame)
+    log_p = min(0.0, codec.binom_log_sf(agree, lay.n_pilot) + math.log(len(STRENGTH_LEVELS)))  # Bonferroni
+    return _Channel("spread", log_p, agree, lay.n_pilot, codec.majority(ones, votes))
 
 
 def _lattice_channel(model: onnx.ModelProto, arrays: list[np.ndarray], refs: list[Any], key: bytes,
@@ -69,6 +70,9 @@ def detect(model: onnx.ModelProto, key: bytes, *, payload_bits: int = codec.PAYL
     shapes = [tuple(a.shape) for a in ws.arrays]
     channels = [_spread_channel(ws.arrays, shapes, key, n_frame),
                 _lattice_channel(model, ws.arrays, ws.refs, key, n_frame)]
+    if sum(a.size for a in ws.arrays) < spread.LARGE_MODEL:  # embed adds the robust channel to these only
+        rs = robust.score(ws.arrays, key)
+        channels.append(_Channel("robust", rs.log_p, rs.agree, rs.total, None, rs.score))
     best = min(channels, key=lambda c: c.log_p)
     log_p = min(0.0, best.log_p + math.log(len(channels)))  # Bonferroni over channels
     detected = log_p <= math.log(threshold_p)
@@ -84,7 +88,7 @@ def detect(model: onnx.ModelProto, key: bytes, *, payload_bits: int = codec.PAYL
         payload=payload,
         bit_error_rate=1.0 - best.agree / best.total if best.total else 1.0,
         p_value=math.exp(log_p),
-        score=codec.z_score(best.agree, best.total),
+        score=best.score,
         threshold_p=threshold_p,
         log10_p=log_p / LN10,
         channel=best.name,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
 
-from sealinfer.watermark import canonicalize, codec, lattice, spread
+from sealinfer.watermark import canonicalize, codec, lattice, robust, sensitivity, spread
 from sealinfer.watermark.common import STRENGTH, STRENGTH_LEVELS, carriers
 from sealinfer.watermark.errors import FidelityError, QuantizedModelError, WatermarkCapacityError
 from sealinfer.watermark.fidelity import ProbeRunner, compare, generate_probes
@@ -21,6 +23,10 @@ NUDGE_ROUNDS = 10
 TARGET_SHARE = 0.5  # aim for half the fidelity bound on probes: real data may differ from probes
 MAX_PROBED_TENSORS = 64  # beyond this, per-tensor sensitivity probing costs more than it saves
 MAX_PROBED_WEIGHTS = 20_000_000
+ROBUST_SHARE = 0.6  # of the fidelity bound, spent on the robust channel (the rest on the others)
+ROBUST_FINAL_SHARE = 0.75  # of the bound, for all channels together when the robust one is in
+SPREAD_SHARE_WITH_ROBUST = 0.25  # the spread channel's aim beside it (FP16/INT8 survival needs little)
+TRIAL_A = 100.0
 
 
 def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_change: float = 1e-3,
@@ -53,11 +59,10 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
         )
     lay.bits[lay.n_pilot:] = np.tile(frame, lay.repeats)
 
-    arrays0 = [np.ascontiguousarray(a) for a in ws.arrays]
+    arrays_in = [np.ascontiguousarray(a) for a in ws.arrays]
     pairs = canonicalize.find_pairs(model, ws.refs)
-    subsets, protect_raw = canonicalize.row_subsets(arrays0, pairs, lattice.MAX_ROW_SUBSET)
-    codes = [lattice.tensor_code(key, t, (s.raw_rows.size, s.cols), frame.size) for t, s in enumerate(subsets)]
     large = n_weights >= spread.LARGE_MODEL
+    subsets_in, protect_in = canonicalize.row_subsets(arrays_in, pairs, lattice.MAX_ROW_SUBSET)
 
     # Generated probes: 256, fewer for big models so one probe pass stays ~1 GFLOP-scale.
     n_gen = int(np.clip(2.5e8 / max(n_weights, 1), 8, 256))
@@ -65,32 +70,49 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
     probe_kind = "supplied" if probe_inputs is not None else "generated"
     n_probes = int(next(iter(probes.values())).shape[0]) if probes else 0
     runner = ProbeRunner(model, ws.refs, probes)
-    reference = runner.run(ws.arrays)
-    share, price = _tensor_weights(runner, reference, ws.arrays, n_probes, probe_kind)
+    reference = runner.run(arrays_in)
+    share, price = _tensor_weights(runner, reference, arrays_in, n_probes, probe_kind)
 
-    scales = [spread.tensor_scale(a) for a in arrays0]
-    # Pick the level from one cheap trial (spread moves only, at level 1; the output change scales
-    # linearly with strength), then mark fully and re-check, stepping down while the bound is missed.
-    p0 = spread.projections(lay, arrays0, scales)  # the unmarked chips: shared by the trial and the mark
-    # Large models: the trial and every marking attempt reuse one set of buffers (fresh 400 MB would cost
-    # more in page faults than the arithmetic done in it).
-    work = [np.empty_like(a) for a in arrays0] if large else None
-    trial = _spread_only(arrays0, lay, STRENGTH, protect_raw, share, scales, 1 if large else 2, p0, work)
-    per_level = compare(reference, runner.run(trial), n_probes, probe_kind).max_relative_change
-    del trial
-    aim = [i for i, lv in enumerate(STRENGTH_LEVELS) if lv * per_level <= max_relative_change * TARGET_SHARE]
-    start = aim[0] if aim else len(STRENGTH_LEVELS) - 1
+    def fid(arrays: list[np.ndarray], ref: list[np.ndarray] = reference) -> FidelityReport:
+        return compare(ref, runner.run(arrays), n_probes, probe_kind)
+
+    # The robust channel (small models; large ones carry hundreds of pilots per chip already) goes in
+    # first, strongest affordable level first; if the other channels then miss the bound, it steps down.
+    plans = [] if large else _robust_plans(model, ws.refs, arrays_in, key, probes, protect_in, fid,
+                                           max_relative_change)
     best: FidelityReport | None = None
     chosen = None
-    for level in STRENGTH_LEVELS[start:]:
-        strength = STRENGTH * level
-        arrays, survived = _mark(arrays0, lay, strength, subsets, codes, frame, protect_raw, share, price, scales,
-                                 large, p0, work)
-        report = compare(reference, runner.run(arrays), n_probes, probe_kind)
-        if best is None or report.max_relative_change < best.max_relative_change:
-            best = report
-        if report.max_relative_change <= max_relative_change:
-            chosen = (arrays, survived, report, strength)
+    for plan in [*plans, None]:
+        arrays0 = arrays_in if plan is None else plan[0]
+        subsets, protect_raw = (subsets_in, protect_in) if plan is None else \
+            canonicalize.row_subsets(arrays0, pairs, lattice.MAX_ROW_SUBSET)
+        codes = [lattice.tensor_code(key, t, (s.raw_rows.size, s.cols), frame.size) for t, s in enumerate(subsets)]
+        scales = [spread.tensor_scale(a) for a in arrays0]
+        # Pick the level from one cheap trial (spread moves only, at level 1; the output change scales
+        # linearly with strength), then mark fully and re-check, stepping down while the bound is missed.
+        p0 = spread.projections(lay, arrays0, scales)  # the unmarked chips: shared by the trial and the mark
+        # Large models: the trial and every marking attempt reuse one set of buffers (fresh 400 MB would
+        # cost more in page faults than the arithmetic done in it).
+        work = [np.empty_like(a) for a in arrays0] if large else None
+        trial = _spread_only(arrays0, lay, STRENGTH, protect_raw, share, scales, 1 if large else 2, p0, work)
+        per_level = fid(trial, reference if plan is None else runner.run(arrays0)).max_relative_change
+        del trial
+        share_here = TARGET_SHARE if plan is None else SPREAD_SHARE_WITH_ROBUST
+        aim = [i for i, lv in enumerate(STRENGTH_LEVELS) if lv * per_level <= max_relative_change * share_here]
+        start = aim[0] if aim else len(STRENGTH_LEVELS) - 1
+        for level in STRENGTH_LEVELS[start:]:
+            strength = STRENGTH * level
+            arrays, survived = _mark(arrays0, lay, strength, subsets, codes, frame, protect_raw, share, price,
+                                     scales, large, p0, work)
+            report = fid(arrays)
+            if best is None or report.max_relative_change < best.max_relative_change:
+                best = report
+            # With the robust channel the mark spends most of the bound, so keep the slack that probe
+            # inputs need to stand for unseen data (held-out changes ran up to ~1.25x the probes' here).
+            if report.max_relative_change <= max_relative_change * (1.0 if plan is None else ROBUST_FINAL_SHARE):
+                chosen = (arrays, survived, report, strength, 0.0 if plan is None else plan[1])
+                break
+        if chosen is not None:
             break
     if chosen is None:
         assert best is not None
@@ -99,7 +121,7 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
             f"requested {max_relative_change:.2e}.",
             hint="Allow a larger max_relative_change, or pass probe_inputs drawn from the real input distribution.",
         )
-    arrays, survived, report, strength = chosen
+    arrays, survived, report, strength, robust_a = chosen
     marked = write_weights(model, ws.refs, arrays)
     receipt = Receipt(
         scheme=SCHEME,
@@ -109,13 +131,56 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
         threshold_p=DEFAULT_THRESHOLD_P,
         tensors=[r.init_name for r in ws.refs],
         chips_per_bit=lay.repeats,
-        strength={"spread_rms": strength, "lattice_step": lattice.STEP},
+        strength={"spread_rms": strength, "lattice_step": lattice.STEP, "robust_energy": robust_a},
         fidelity=report,
         n_weights=n_weights,
         hidden_layers=len(pairs),
         survives_simulated=survived,
     )
     return marked, receipt
+
+
+def _robust_plans(model: onnx.ModelProto, refs: list, arrays: list[np.ndarray], key: bytes,
+                  probes: dict[str, np.ndarray], protect: list[np.ndarray],
+                  fid: Callable[[list[np.ndarray]], FidelityReport], bound: float
+                  ) -> Iterator[tuple[list[np.ndarray], float]]:
+    """Weights carrying the robust channel, strongest affordable level first (then up to two weaker).
+
+    One fidelity trial per eligible tensor (a random move of the mark's shape at ``TRIAL_A``) says how
+    much energy the tensor can take within ``ROBUST_SHARE`` of the bound (output change ~ sqrt(A)); the
+    tensor that takes the most carries the channel — one tensor, because the energy the bound buys is
+    largest where the outputs are least sensitive, and the detector pays for every tensor it must try.
+    """
+    cands = robust.eligible([tuple(a.shape) for a in arrays])
+    if not cands:
+        return
+    costs = sensitivity.weight_costs(model, refs, probes, cands)
+    budget = bound * ROBUST_SHARE
+    best: tuple[float, int, np.ndarray] | None = None
+    for t in cands:
+        v = robust.shares(costs[t], protect[t])
+        trial = list(arrays)
+        trial[t] = robust.trial_change(arrays[t], TRIAL_A, v)
+        change = fid(trial).max_relative_change
+        a_max = TRIAL_A * (budget / change) ** 2 if change > 0 else math.inf
+        if best is None or a_max > best[0]:
+            best = (a_max, t, v)
+    assert best is not None
+    a_max, t, v = best
+    if a_max < robust.LEVELS[0] / 4:
+        return  # hopeless here: not even a weak level is within reach
+    # The trial only ranks tensors: a real mark's output change varies from level to level by more than
+    # the sqrt(A) trend (each level's chip moves are a fresh uniform draw), so measure every level.
+    rc = robust.code(key, t, tuple(arrays[t].shape))
+    found = 0
+    for level in range(len(robust.LEVELS) - 1, -1, -1):
+        marked = list(arrays)
+        marked[t] = robust.embed(arrays[t], rc, level, v)
+        if fid(marked).max_relative_change <= budget:
+            yield marked, robust.LEVELS[level]
+            found += 1
+            if found == 3:
+                return
 
 
 def _tensor_weights(runner: ProbeRunner, reference: list[np.ndarray], arrays: list[np.ndarray], n_probes: int,

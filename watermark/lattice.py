@@ -31,10 +31,12 @@ class LatticeCode:
 def tensor_code(key: bytes, t: int, shape: tuple[int, ...], n_frame: int) -> LatticeCode:
     g = rng(key, f"lattice/{t}/{'x'.join(map(str, shape))}")
     size = int(np.prod(shape))
-    dither = g.random(size, dtype=np.float32)
-    r = g.integers(0, 2**31, size=size, dtype=np.int32)
-    # One draw per weight: bit 0 picks pilot (half the weights), bit 1 the pilot bit, the rest the frame bit.
-    code = np.where((r & 1) == 1, n_frame + ((r >> 1) & 1), (r >> 2) % n_frame).astype(np.int16)
+    # 32 key-derived bits per weight: the top 16 are the dither (a multiple of 2^-16, exactly uniform for a
+    # half-cell decision), then bit 0 picks pilot (half the weights), bit 1 the pilot bit, the rest the frame bit.
+    r = np.frombuffer(g.bytes(4 * size), dtype="<u4")
+    dither = (r >> 16).astype(np.float32) * np.float32(2.0**-16)
+    low = (r & 0xFFFF).astype(np.int32)
+    code = np.where((low & 1) == 1, n_frame + ((low >> 1) & 1), (low >> 2) % n_frame).astype(np.int16)
     return LatticeCode(dither, code)
 
 
