@@ -1,17 +1,20 @@
 """Keyed, blind, robust watermarks for ONNX weights.
 
 ``embed`` marks a float model's weights with a payload of up to 32 bytes; ``detect`` finds it again
-from the model alone and the key, with an exact p-value. Two channels carry the same payload:
-a spread channel (STDM over raw weights; survives FP16 and INT8 conversion bit-exactly) and a lattice
-channel (fine dithered quantization in a permutation- and scale-canonical form; survives hidden-unit
-permutation, positive rescaling and magnitude pruning). Each module's docstring says why it is built
-the way it is.
+from the model alone and the key, with an exact p-value. Three channels:
 
-Limit worth knowing: heavy additive noise (0.1 x std per weight) is ~10^2-10^3 times the per-weight
-change that a 1e-3 output-fidelity bound allows, so a blind mark outlasts it only by averaging over
-many weights: detection needs roughly N > (14 * 0.1 / strength)^2 weights (strength = the per-weight
-rms change the bound permits, recorded in ``Receipt.strength``). Small models are therefore detected
-after FP16/INT8/pruning/permutation but not after such noise — which also ruins their accuracy.
+* spread (STDM over raw weights, chips of row blocks): carries the payload bit-exactly through FP16 and
+  INT8 conversion (embedding simulates both and nudges the few weights nearest a rounding boundary);
+* lattice (fine dithered quantization of a canonical row subset): survives hidden-unit permutation,
+  positive rescaling and magnitude pruning;
+* robust (small models): a few large pilot chips in the least output-sensitive tensor, read with a soft
+  score, for heavy additive noise (0.1 x std per weight).
+
+Limit worth knowing: under noise of 0.1 x std per weight, detection needs a mark energy
+``A = sum (change / std)^2 / 0.01`` of ~210 (blind, p <= 1e-9), and even a detector holding the original
+model needs ~36. Where the fidelity bound cannot buy that much (the small transformer encoder of the
+tests: ~6-8), no mark survives such noise — which also ruins that model's accuracy. ``robust.py`` has
+the derivation; ``Receipt.strength['robust_energy']`` records what was placed (0 = none).
 """
 
 from sealinfer.watermark.detect import detect, verify_commitment

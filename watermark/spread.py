@@ -86,16 +86,16 @@ class SpreadLayout:
             y *= s[0][:, None]
         return y
 
-    def signed_delta(self, t: int, per_block: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Per weight: sign * (value of its block), written into ``out`` (float32 [rows, cols])."""
+    def signed_delta_rows(self, t: int, per_block: np.ndarray, r0: int, out: np.ndarray) -> np.ndarray:
+        """Per weight of rows ``r0..``: sign * (value of its block), written into ``out`` (float32)."""
         s = self.signs[t]
         b = self.blocks[t]
         v = per_block.astype(np.float32)
-        if isinstance(s, np.ndarray):
-            np.multiply(v if b == 1 else np.repeat(v, b, axis=1), s, out=out)
-            return out
         rows = v.shape[0]
-        np.multiply((v * s[0][:, None])[:, :, None], s[1].reshape(1, -1, b), out=out.reshape(rows, -1, b))
+        if isinstance(s, np.ndarray):
+            np.multiply(v if b == 1 else np.repeat(v, b, axis=1), s[r0:r0 + rows], out=out)
+            return out
+        np.multiply((v * s[0][r0:r0 + rows, None])[:, :, None], s[1].reshape(1, -1, b), out=out.reshape(rows, -1, b))
         return out
 
     def sign_at(self, t: int, idx: np.ndarray) -> np.ndarray:
@@ -190,18 +190,68 @@ def simulated(lay: SpreadLayout, t: int, a: np.ndarray, sim: str, absmax: float 
     raise ValueError(sim)
 
 
+CHUNK = 1 << 16  # weights per slice in chunked passes: small enough to stay in L2 between steps
+
+
+def _chunk_sums(lay: SpreadLayout, t: int, a: np.ndarray, sims: tuple[str | None, ...],
+                absmax: float) -> list[np.ndarray]:
+    """Signed block sums of tensor t as stored and/or as each conversion in ``sims`` would round it,
+    computed slice by slice so every intermediate stays in cache (one read of the weights in all)."""
+    x = lay.view(t, a)
+    rows, cols = x.shape
+    s = lay.signs[t]
+    b = lay.blocks[t]
+    step = max(1, CHUNK // max(cols, 1))
+    out = [np.empty(lay.chips[t].shape, dtype=np.float64) for _ in sims]
+    tmp = np.empty((min(step, rows), cols), dtype=np.float32)
+    half = np.empty((min(step, rows), cols), dtype=np.float16)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        xs = x[r0:r1]
+        ts, hs = tmp[: r1 - r0], half[: r1 - r0]
+        sgn = s[r0:r1] if isinstance(s, np.ndarray) else s[1][None, :]
+        for i, sim in enumerate(sims):
+            if sim is None:
+                np.multiply(xs, sgn, out=ts)
+            elif sim == "fp16":
+                np.copyto(hs, xs, casting="same_kind")
+                np.copyto(ts, hs)
+                ts *= sgn
+            else:
+                int8_into(xs, absmax, ts)
+                ts *= sgn
+            y = ts.reshape(r1 - r0, -1, b).sum(axis=2, dtype=np.float64) if b > 1 else ts.astype(np.float64)
+            if not isinstance(s, np.ndarray):
+                y *= s[0][r0:r1, None]
+            out[i][r0:r1] = y
+    return out
+
+
 def projections(lay: SpreadLayout, arrays: list[np.ndarray], scales: list[float] | None = None,
                 sim: str | None = None) -> np.ndarray:
     """Chip statistics; ``scales`` (per-tensor std) may be passed in by embed, which knows them, to save
     a pass over the weights — detect always measures them on the model it is given. ``sim`` names a
-    storage conversion to apply first (tensor by tensor, in a reused buffer)."""
-    acc = np.zeros(lay.n_chips, dtype=np.float64)
+    storage conversion to apply first."""
+    return multi_projections(lay, arrays, scales, (sim,))[0]
+
+
+def multi_projections(lay: SpreadLayout, arrays: list[np.ndarray], scales: list[float] | None,
+                      sims: tuple[str | None, ...], absmax: list[float] | None = None) -> list[np.ndarray]:
+    """``projections`` for several conversions at once, reading each tensor once."""
+    acc = [np.zeros(lay.n_chips, dtype=np.float64) for _ in sims]
     for t, a in enumerate(arrays):
-        x = a if sim is None else simulated(lay, t, a, sim)
-        sums = lay.signed_block_sums(t, x)
-        scale = tensor_scale(x) if scales is None else scales[t]
-        acc += np.bincount(lay.chips[t].reshape(-1), weights=sums.reshape(-1), minlength=lay.n_chips) / scale
-    return acc / np.sqrt(np.maximum(lay.sizes, 1))
+        m = (max(float(a.max()), -float(a.min())) if a.size else 0.0) if absmax is None else absmax[t]
+        sums = _chunk_sums(lay, t, a, sims, m)
+        for i, sim in enumerate(sims):
+            if scales is not None:
+                scale = scales[t]
+            elif sim is None:
+                scale = tensor_scale(a)
+            else:
+                scale = tensor_scale(simulated(lay, t, a, sim, m))
+            acc[i] += np.bincount(lay.chips[t].reshape(-1), weights=sums[i].reshape(-1), minlength=lay.n_chips) / scale
+    root = np.sqrt(np.maximum(lay.sizes, 1))
+    return [x / root for x in acc]
 
 
 def steps(lay: SpreadLayout, strength: float) -> np.ndarray:
@@ -259,12 +309,19 @@ def apply_moves(lay: SpreadLayout, arrays: list[np.ndarray], moves: np.ndarray,
     result = []
     for t, a in enumerate(arrays):
         scale = tensor_scale(a) if scales is None else scales[t]
-        dst = lay.view(t, out[t]) if out is not None else np.empty(lay.view(t, a).shape, dtype=np.float32)
-        delta = lay.signed_delta(t, per_weight[lay.chips[t]] * (v[t] * scale), dst)
+        x = lay.view(t, a)
+        dst = lay.view(t, out[t]) if out is not None else np.empty(x.shape, dtype=np.float32)
+        per_block = per_weight[lay.chips[t]] * (v[t] * scale)
+        rows, cols = x.shape
+        step = max(1, CHUNK // max(cols, 1))
+        for r0 in range(0, rows, step):  # slice by slice: the delta is added while still in cache
+            r1 = min(rows, r0 + step)
+            lay.signed_delta_rows(t, per_block[r0:r1], r0, dst[r0:r1])
+            dst[r0:r1] += x[r0:r1]
         if fzs[t] is not None and per_block_frozen[t] is not None:
-            delta.reshape(-1)[np.flatnonzero(fzs[t])] = 0.0
-        delta += lay.view(t, a)
-        result.append(delta.reshape(a.shape))
+            idx = np.flatnonzero(fzs[t])
+            dst.reshape(-1)[idx] = x.reshape(-1)[idx]
+        result.append(dst.reshape(a.shape))
     return result
 
 
@@ -286,9 +343,11 @@ class Tracker:
                  p_float: np.ndarray | None = None) -> None:
         self.lay, self.scales = lay, scales
         self.absmax = [max(float(a.max()), -float(a.min())) if a.size else 0.0 for a in arrays]
-        self.p = {"float": projections(lay, arrays, scales) if p_float is None else p_float.copy()}
-        for name in SIMULATORS:
-            self.p[name] = projections(lay, arrays, scales, name)
+        names = list(SIMULATORS)
+        todo: tuple[str | None, ...] = (*names, None) if p_float is None else tuple(names)
+        got = multi_projections(lay, arrays, scales, todo, self.absmax)
+        self.p = {"float": got[-1] if p_float is None else p_float.copy()}
+        self.p.update(zip(names, got[: len(names)], strict=True))
 
     def _sim(self, name: str, t: int, x: np.ndarray) -> np.ndarray:
         if name == "int8":

@@ -48,16 +48,33 @@ def test_watermark_survives_permutation_and_rescaling(built, marked, name):
     assert det.detected and det.p_value <= 1e-9 and det.payload == PAYLOAD
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_watermark_under_gaussian_noise_never_overclaims(marked, name):
-    """0.1*std noise per tensor: recorded, not required (see benchmarks/watermark.py for scale).
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_watermark_survives_gaussian_noise(marked, name):
+    """0.1*std Gaussian noise on every weight tensor: the robust channel still detects at p <= 1e-9."""
+    model, receipt = marked[name]
+    assert receipt.strength["robust_energy"] > 0  # the robust channel was placed
+    for seed in (3, 4):
+        det = wm.detect(attacks.add_noise(model, 0.1, seed=seed), KEY)
+        print(f"{name} noise 0.1*std (seed {seed}): p={det.p_value:.3g} (log10 {det.log10_p:.1f}), "
+              f"channel {det.channel}")
+        assert det.detected and det.p_value <= 1e-9
+        assert det.channel == "robust"
+        assert det.payload in (None, PAYLOAD)  # the payload channels are not built for this noise
 
-    At these model sizes (7e4-1.5e5 weights) the noise is ~250x the per-weight mark, more than the
-    fidelity bound lets a blind mark outlast; what must hold is that the p-value stays honest and
-    a claimed payload is never wrong.
+
+def test_watermark_under_gaussian_noise_transformer_never_overclaims(marked):
+    """The small transformer cannot carry a noise-proof mark within the fidelity bound (see robust.py).
+
+    Measured on its probes: perturbing any one weight tensor by s std (rms) moves the logits by
+    0.5-8 x s (relative), so within 1e-3 a tensor takes s <= 1.8e-3 (best tensor: 64x256, A = N s^2/0.01
+    ~ 6-8 even with sensitivity-shaped moves). Telling marked from unmarked under N(0, 0.01) per weight
+    needs A >= 36 even for a detector that HAS the original model (d' = sqrt(A) >= 6), and ~210 for a
+    blind one. What must hold is that the p-value stays honest and a claimed payload is never wrong.
     """
-    det = wm.detect(attacks.add_noise(marked[name][0], 0.1, seed=3), KEY)
-    print(f"{name} noise 0.1*std: detected={det.detected} p={det.p_value:.3g}")
+    model, receipt = marked["transformer"]
+    det = wm.detect(attacks.add_noise(model, 0.1, seed=3), KEY)
+    print(f"transformer noise 0.1*std: detected={det.detected} p={det.p_value:.3g}, "
+          f"robust energy {receipt.strength['robust_energy']}")
     assert det.payload in (None, PAYLOAD)
     if not det.detected:
         assert det.payload is None and det.p_value > det.threshold_p
