@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -78,8 +78,8 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
 
     # The robust channel (small models; large ones carry hundreds of pilots per chip already) goes in
     # first, strongest affordable level first; if the other channels then miss the bound, it steps down.
-    plans = [] if large else _robust_plans(model, ws.refs, arrays_in, key, probes, protect_in, fid,
-                                           max_relative_change)
+    plans, capacity = ([], 0.0) if large else _robust_plans(model, ws.refs, arrays_in, key, probes, protect_in,
+                                                            fid, max_relative_change)
     best: FidelityReport | None = None
     chosen = None
     for plan in [*plans, None]:
@@ -131,7 +131,8 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
         threshold_p=DEFAULT_THRESHOLD_P,
         tensors=[r.init_name for r in ws.refs],
         chips_per_bit=lay.repeats,
-        strength={"spread_rms": strength, "lattice_step": lattice.STEP, "robust_energy": robust_a},
+        strength={"spread_rms": strength, "lattice_step": lattice.STEP, "robust_energy": robust_a,
+                  "robust_capacity": float(min(capacity, 1e12))},
         fidelity=report,
         n_weights=n_weights,
         hidden_layers=len(pairs),
@@ -143,44 +144,45 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
 def _robust_plans(model: onnx.ModelProto, refs: list, arrays: list[np.ndarray], key: bytes,
                   probes: dict[str, np.ndarray], protect: list[np.ndarray],
                   fid: Callable[[list[np.ndarray]], FidelityReport], bound: float
-                  ) -> Iterator[tuple[list[np.ndarray], float]]:
-    """Weights carrying the robust channel, strongest affordable level first (then up to two weaker).
+                  ) -> tuple[list[tuple[list[np.ndarray], float]], float]:
+    """Weights carrying the robust channel, strongest affordable level first (up to three levels), and
+    the channel's capacity: the energy A one tensor could take within the *whole* bound (estimated).
 
     One fidelity trial per eligible tensor (a random move of the mark's shape at ``TRIAL_A``) says how
-    much energy the tensor can take within ``ROBUST_SHARE`` of the bound (output change ~ sqrt(A)); the
-    tensor that takes the most carries the channel — one tensor, because the energy the bound buys is
-    largest where the outputs are least sensitive, and the detector pays for every tensor it must try.
+    much energy the tensor can take (output change ~ sqrt(A)); the tensor that takes the most carries the
+    channel — one tensor, because the energy the bound buys is largest where the outputs are least
+    sensitive, and the detector pays for every tensor it must try.
     """
     cands = robust.eligible([tuple(a.shape) for a in arrays])
     if not cands:
-        return
+        return [], 0.0
     costs = sensitivity.weight_costs(model, refs, probes, cands)
-    budget = bound * ROBUST_SHARE
     best: tuple[float, int, np.ndarray] | None = None
     for t in cands:
         v = robust.shares(costs[t], protect[t])
         trial = list(arrays)
         trial[t] = robust.trial_change(arrays[t], TRIAL_A, v)
         change = fid(trial).max_relative_change
-        a_max = TRIAL_A * (budget / change) ** 2 if change > 0 else math.inf
-        if best is None or a_max > best[0]:
-            best = (a_max, t, v)
+        a_full = TRIAL_A * (bound / change) ** 2 if change > 0 else math.inf
+        if best is None or a_full > best[0]:
+            best = (a_full, t, v)
     assert best is not None
-    a_max, t, v = best
-    if a_max < robust.LEVELS[0] / 4:
-        return  # hopeless here: not even a weak level is within reach
+    a_full, t, v = best
+    budget = bound * ROBUST_SHARE
+    plans: list[tuple[list[np.ndarray], float]] = []
+    if a_full * ROBUST_SHARE**2 < robust.LEVELS[0] / 4:
+        return plans, a_full  # hopeless here: not even a weak level is within reach
     # The trial only ranks tensors: a real mark's output change varies from level to level by more than
     # the sqrt(A) trend (each level's chip moves are a fresh uniform draw), so measure every level.
     rc = robust.code(key, t, tuple(arrays[t].shape))
-    found = 0
     for level in range(len(robust.LEVELS) - 1, -1, -1):
         marked = list(arrays)
         marked[t] = robust.embed(arrays[t], rc, level, v)
         if fid(marked).max_relative_change <= budget:
-            yield marked, robust.LEVELS[level]
-            found += 1
-            if found == 3:
-                return
+            plans.append((marked, robust.LEVELS[level]))
+            if len(plans) == 3:
+                break
+    return plans, a_full
 
 
 def _tensor_weights(runner: ProbeRunner, reference: list[np.ndarray], arrays: list[np.ndarray], n_probes: int,
