@@ -154,26 +154,6 @@ def from_canonical(canon: list[np.ndarray], tf: Transform) -> list[np.ndarray]:
     return raw
 
 
-def protected_mask(canon: list[np.ndarray], tf: Transform) -> list[np.ndarray]:
-    """Elements that define the canonical form (row/unit maxima, tensor max): never modified."""
-    masks = []
-    for t, c in enumerate(canon):
-        m = np.zeros(c.shape, dtype=bool)
-        absc = np.abs(c)
-        flat = m.reshape(-1)
-        flat[int(np.argmax(absc))] = True
-        if t in tf.row:
-            h = tf.row[t][0].size
-            rows = absc.reshape(h, -1)
-            m |= (rows == rows.max(axis=1, keepdims=True)).reshape(c.shape)
-        if t in tf.col:
-            order, _, block = tf.col[t]
-            v = _unit_view(absc, order.size, block)
-            m |= (v == v.max(axis=(0, 2), keepdims=True)).reshape(c.shape)
-        masks.append(m)
-    return masks
-
-
 @dataclass
 class RowSubset:
     """The first ``raw_rows.size`` canonical rows of one tensor, mapped to raw coordinates.

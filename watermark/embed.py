@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from sealinfer.watermark import canonicalize, codec, lattice, robust, sensitivity, spread
+from sealinfer.watermark import canonicalize, codec, lattice, nudge, robust, sensitivity, spread
 from sealinfer.watermark.common import STRENGTH, STRENGTH_LEVELS, carriers
 from sealinfer.watermark.errors import FidelityError, QuantizedModelError, WatermarkCapacityError
 from sealinfer.watermark.fidelity import ProbeRunner, compare, generate_probes
@@ -234,7 +234,7 @@ def _mark(arrays0: list[np.ndarray], lay: spread.SpreadLayout, strength: float,
     # One pass moves every chip exactly onto its target (up to float32 rounding, ~1e-7 of a step), so a
     # large model's float projections need not be read again; small ones are simply re-measured.
     p_float = p0 + spread.error_to_target(p0, step, lay) if large else None
-    tracker = spread.Tracker(lay, arrays, scales, p_float)
+    tracker = nudge.Tracker(lay, arrays, scales, p_float)
     arrays, tracker = _settle(lay, arrays, tracker, step, protect_raw, share, price, scales, fix_float=True)
     # The lattice goes last: it is the fragile channel, and its 2^-16 moves barely touch the spread chips;
     # the second settle then flips only the few weights whose rounding they tipped.
@@ -246,21 +246,21 @@ def _mark(arrays0: list[np.ndarray], lay: spread.SpreadLayout, strength: float,
         tracker.edit(t, idx, old, arrays[t].reshape(-1)[idx])
     arrays, tracker = _settle(lay, arrays, tracker, step, protect_raw, share, price, scales, fix_float=False)
     if not large:  # small models: confirm from scratch (the tracker is exact up to float64 rounding)
-        tracker = spread.Tracker(lay, arrays, scales)
+        tracker = nudge.Tracker(lay, arrays, scales)
     survived = [name for name in SIMULATORS if not spread.bad_chips(tracker.p[name], step, lay, 0.0).any()]
     return arrays, survived
 
 
-def _settle(lay: spread.SpreadLayout, arrays: list[np.ndarray], tracker: spread.Tracker, step: np.ndarray,
+def _settle(lay: spread.SpreadLayout, arrays: list[np.ndarray], tracker: nudge.Tracker, step: np.ndarray,
             protect_raw: list[np.ndarray], share: np.ndarray | None, price: np.ndarray | None,
-            scales: list[float], *, fix_float: bool) -> tuple[list[np.ndarray], spread.Tracker]:
+            scales: list[float], *, fix_float: bool) -> tuple[list[np.ndarray], nudge.Tracker]:
     """Nudge until every chip decodes with margin in float32 and after simulated FP16 and INT8."""
     history: list[int] = []
     no_flip = [m.copy() for m in protect_raw]
     for round_no in range(NUDGE_ROUNDS):
         failing = 0
         for sim in SIMULATORS:
-            failing += spread.nudge(lay, arrays, sim, tracker, step, NUDGE_MARGIN, no_flip, price, round_no)
+            failing += nudge.nudge(lay, arrays, sim, tracker, step, NUDGE_MARGIN, no_flip, price, round_no)
         if fix_float:
             p = tracker.p["float"]
             bad = spread.bad_chips(p, step, lay, NUDGE_MARGIN)
@@ -268,7 +268,7 @@ def _settle(lay: spread.SpreadLayout, arrays: list[np.ndarray], tracker: spread.
                 failing += int(bad.sum())
                 moves = np.where(bad, spread.error_to_target(p, step, lay), 0.0)
                 arrays = spread.apply_moves(lay, arrays, moves, protect_raw, share, scales)
-                tracker = spread.Tracker(lay, arrays, scales)
+                tracker = nudge.Tracker(lay, arrays, scales)
         history.append(failing)
         if failing == 0 or (len(history) > 3 and history[-1] >= history[-3]):
             break  # converged, or stuck: stop before flips start to cost fidelity

@@ -66,6 +66,45 @@ def test_watermark_canonical_form_is_invariant():
     np.testing.assert_allclose(back[0], (a * s[:, None])[perm], rtol=1e-6)
 
 
+def test_watermark_row_subsets_are_slices_of_the_canonical_form():
+    """The fast path (first canonical rows, never materializing the rest) equals slicing ``to_canonical``,
+    is invariant to permutation + rescaling, and writes back exactly what it extracted."""
+    g = np.random.default_rng(2)
+    a = g.standard_normal((16, 8)).astype(np.float32)
+    b = g.standard_normal((4, 16)).astype(np.float32)
+    pairs = [canonicalize.Pair(0, 1, 1)]
+    full, _ = canonicalize.to_canonical([a, b], pairs)
+    subs, protect = canonicalize.row_subsets([a, b], pairs, max_elements=40)
+    assert [s.raw_rows.size for s in subs] == [5, 2]
+    for t, (x, sub) in enumerate(zip([a, b], subs, strict=True)):
+        np.testing.assert_allclose(sub.extract(x), full[t].reshape(full[t].shape[0], -1)[: sub.raw_rows.size],
+                                   rtol=1e-6, atol=1e-7)
+    assert protect[0].sum(axis=1).tolist() == [2] * 16  # each unit's two largest incoming weights
+    perm = g.permutation(16)
+    s = np.exp(g.uniform(-2, 2, 16)).astype(np.float32)
+    attacked = [(a * s[:, None])[perm], (b / s[None, :])[:, perm]]
+    subs2, _ = canonicalize.row_subsets(attacked, pairs, max_elements=40)
+    for x, y, s1, s2 in zip([a, b], attacked, subs, subs2, strict=True):
+        np.testing.assert_allclose(s1.extract(x), s2.extract(y), rtol=1e-6, atol=1e-7)
+    raw = a.copy()
+    new = subs[0].extract(a) + np.float32(1e-3)
+    subs[0].write(raw, new)
+    np.testing.assert_allclose(subs[0].extract(raw), new, rtol=1e-6)
+
+
+def test_watermark_robust_score_null_is_conservative():
+    """The robust channel's p-value (Chernoff bound exp(-S^2/K) per test, Bonferroni over tensors x levels)
+    never claims more than it should on unmarked weights: P(p <= alpha) <= alpha."""
+    from sealinfer.watermark import robust
+
+    g = np.random.default_rng(3)
+    w = [g.standard_normal((64, 512)).astype(np.float32)]
+    log_ps = np.array([robust.score(w, g.bytes(32)).log_p for _ in range(400)])
+    for alpha in (0.5, 0.2, 0.05):
+        assert np.mean(log_ps <= math.log(alpha)) <= alpha
+    assert log_ps.min() > math.log(1e-4)
+
+
 @pytest.mark.parametrize("sim", ["fp16", "int8"])
 def test_watermark_simulators_match_real_conversions(built, tmp_path, sim):
     model = built["mlp"].model
