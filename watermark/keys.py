@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sealinfer.watermark.errors import WatermarkKeyError
 
-SCHEME = "sealinfer-wm-v1"
+SCHEME = "sealinfer-wm-v2"  # v2: row-block chips, canonical row-subset lattice, robust channel
 MIN_KEY_BYTES = 16
 
 
