@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sealinfer.watermark.keys import rng
-from sealinfer.watermark.quant import SIMULATORS, int8_into, simulate_int8_at
+from sealinfer.watermark.quant import SIMULATORS, fp16_into, int8_into, simulate_int8_at
 
 N_PILOT = 256  # large models: more pilots = more evidence per weight under heavy noise
 REPEATS = 3
@@ -159,18 +159,16 @@ def _chunk_sums(lay: SpreadLayout, t: int, a: np.ndarray, sims: tuple[str | None
     step = max(1, CHUNK // max(cols, 1))
     out = [np.empty(lay.chips[t].shape, dtype=np.float64) for _ in sims]
     tmp = np.empty((min(step, rows), cols), dtype=np.float32)
-    half = np.empty((min(step, rows), cols), dtype=np.float16)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         xs = x[r0:r1]
-        ts, hs = tmp[: r1 - r0], half[: r1 - r0]
+        ts = tmp[: r1 - r0]
         sgn = s[r0:r1] if isinstance(s, np.ndarray) else s[1][None, :]
         for i, sim in enumerate(sims):
             if sim is None:
                 np.multiply(xs, sgn, out=ts)
             elif sim == "fp16":
-                np.copyto(hs, xs, casting="same_kind")
-                np.copyto(ts, hs)
+                fp16_into(xs, ts, absmax)
                 ts *= sgn
             else:
                 int8_into(xs, absmax, ts)

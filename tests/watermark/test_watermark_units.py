@@ -105,6 +105,19 @@ def test_watermark_robust_score_null_is_conservative():
     assert log_ps.min() > math.log(1e-4)
 
 
+def test_watermark_fast_fp16_rounding_is_bit_exact():
+    g = np.random.default_rng(4)
+    w = np.concatenate([g.standard_normal(200_000) * 0.05, g.standard_normal(1000) * 1e-5,
+                        [0.0, -0.0, 6.1035156e-05, 6.1035e-05, -2.0**-24, 2.0**-25, 65503.0, 1.0 + 2.0**-11,
+                         1.0 + 3 * 2.0**-11, -(1.0 + 2.0**-11)]]).astype(np.float32)
+    out = np.empty_like(w)
+    quant.fp16_into(w, out, float(np.abs(w).max()))
+    np.testing.assert_array_equal(out.view(np.uint32), w.astype(np.float16).astype(np.float32).view(np.uint32))
+    big = np.array([70000.0, 1.0, np.inf], dtype=np.float32)  # overflow range: numpy's cast throughout
+    got = quant.fp16_into(big, np.empty_like(big), float("inf"))
+    assert np.array_equal(got, big.astype(np.float16).astype(np.float32))
+
+
 @pytest.mark.parametrize("sim", ["fp16", "int8"])
 def test_watermark_simulators_match_real_conversions(built, tmp_path, sim):
     model = built["mlp"].model
