@@ -211,6 +211,8 @@ def row_subsets(arrays: list[np.ndarray], pairs: list[Pair], max_elements: int
     for t, a in enumerate(arrays):
         rows = a.shape[0]
         mask = np.zeros(a.shape, dtype=bool)
+        # The tensor's largest magnitude sets its INT8 scale: changing it would re-round every weight.
+        mask.reshape(-1)[int(np.argmax(np.abs(a.reshape(-1))))] = True
         col_perm = col_scale = None
         cs_raw = None
         if t in col_of:
@@ -253,10 +255,16 @@ def row_subsets(arrays: list[np.ndarray], pairs: list[Pair], max_elements: int
     return subsets, protect
 
 
-def subset_protected(sub: RowSubset, canon: np.ndarray) -> np.ndarray:
-    """Subset elements that define the canonical form (row maxima, the subset's max): never modified."""
+def subset_protected(sub: RowSubset, canon: np.ndarray, raw_protect: np.ndarray | None = None) -> np.ndarray:
+    """Subset elements that define the canonical form (row maxima, the subset's max) or that ``raw_protect``
+    marks in raw coordinates: never modified."""
     absc = np.abs(canon.reshape(canon.shape[0], -1))
     m = np.zeros(absc.shape, dtype=bool)
+    if raw_protect is not None:
+        x = raw_protect.reshape(sub.shape[0], -1)[sub.raw_rows]
+        if sub.col_perm is not None:
+            x = x.reshape(x.shape[0], sub.col_perm.size, -1)[:, sub.col_perm, :].reshape(x.shape[0], -1)
+        m |= x
     m.reshape(-1)[int(np.argmax(absc))] = True
     if sub.row_transformed:
         m[np.arange(absc.shape[0]), np.argmax(absc, axis=1)] = True

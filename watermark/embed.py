@@ -238,15 +238,26 @@ def _mark(arrays0: list[np.ndarray], lay: spread.SpreadLayout, strength: float,
     arrays, tracker = _settle(lay, arrays, tracker, step, protect_raw, share, price, scales, fix_float=True)
     # The lattice goes last: it is the fragile channel, and its 2^-16 moves barely touch the spread chips;
     # the second settle then flips only the few weights whose rounding they tipped.
+    stale = False
     for t, sub in enumerate(subsets):
         canon = sub.extract(arrays[t])
         idx = sub.flat_index()
         old = arrays[t].reshape(-1)[idx]
-        sub.write(arrays[t], lattice.embed_tensor(canon, codes[t], frame, canonicalize.subset_protected(sub, canon)))
-        tracker.edit(t, idx, old, arrays[t].reshape(-1)[idx])
-    arrays, tracker = _settle(lay, arrays, tracker, step, protect_raw, share, price, scales, fix_float=False)
-    if not large:  # small models: confirm from scratch (the tracker is exact up to float64 rounding)
+        keep = canonicalize.subset_protected(sub, canon, protect_raw[t])
+        sub.write(arrays[t], lattice.embed_tensor(canon, codes[t], frame, keep))
+        new = arrays[t].reshape(-1)[idx]
+        tracker.edit(t, idx, old, new)
+        # A near-tie overtaking the (protected) largest weight would change the INT8 scale: re-measure.
+        stale = stale or float(np.max(np.abs(new), initial=0.0)) > tracker.absmax[t]
+    if stale:
         tracker = nudge.Tracker(lay, arrays, scales)
+    arrays, tracker = _settle(lay, arrays, tracker, step, protect_raw, share, price, scales, fix_float=False)
+    if not large:  # small models: confirm from scratch, and settle again if rounding drifted from the tracker
+        fresh = nudge.Tracker(lay, arrays, scales)
+        if any(not np.allclose(fresh.p[s], tracker.p[s], rtol=0, atol=1e-9) for s in SIMULATORS):
+            arrays, fresh = _settle(lay, arrays, fresh, step, protect_raw, share, price, scales, fix_float=False)
+            fresh = nudge.Tracker(lay, arrays, scales)
+        tracker = fresh
     survived = [name for name in SIMULATORS if not spread.bad_chips(tracker.p[name], step, lay, 0.0).any()]
     return arrays, survived
 

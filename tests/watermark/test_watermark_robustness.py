@@ -94,6 +94,18 @@ def test_watermark_noisy_copy_is_not_detected_under_wrong_keys(marked, name):
     assert np.mean(np.array(log10_ps) <= -2) <= 0.1
 
 
+@pytest.mark.parametrize("key", [bytes(range(32)), bytes(range(100, 132))])
+def test_watermark_int8_survival_holds_for_other_keys(built, key, tmp_path):
+    """Rounding survival must not depend on a lucky layout: the transformer (weakest spread strength, so
+    the most INT8 nudging) under keys other than the suite's. Regression: the lattice once moved a
+    tensor's largest weight, which re-scaled every INT8 rounding after the nudges were done."""
+    marked, receipt = wm.embed(built["transformer"].model, key, PAYLOAD,
+                               probe_inputs={"x": built["transformer"].calibration})
+    assert receipt.survives_simulated == ["fp16", "int8"]
+    det = wm.detect(attacks.to_int8_dynamic(marked, tmp_path), key)
+    assert det.detected and det.payload == PAYLOAD and det.bit_error_rate == 0.0
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_watermark_read_back_from_qdq_layout(built, marked, name):
     """Per-tensor QDQ (DequantizeLinear) int8 weights: same rounding as quantize_dynamic, so BER 0; the
