@@ -120,6 +120,14 @@ def main() -> None:
                 args.calls,
             )
             measure(
+                "(b2) the same MLP, batch 24 (compute-bound, the upper end of the 1-5 ms range)",
+                deep,
+                deep.with_suffix(".sealed"),
+                rt,
+                np.random.default_rng(0).standard_normal((24, 256)).astype(np.float32),
+                args.calls,
+            )
+            measure(
                 "(b') 3 x 1024x1024 MatMul, batch 48 (I/O-heavy: ~400 KB digested per call)",
                 big,
                 big.with_suffix(".sealed"),
