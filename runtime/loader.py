@@ -9,6 +9,7 @@ model keeps no plaintext copy of its weights of its own and its memory matches a
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Sequence
 from contextlib import closing
@@ -28,15 +29,31 @@ from sealinfer.runtime.progress import progress_bar
 from sealinfer.runtime.stream import StreamDecryptor
 
 
+def plaintext_buffer(size: int) -> np.ndarray:
+    """Fresh anonymous memory for decrypted bytes: page-aligned, kept out of core dumps, huge pages.
+
+    ``MADV_DONTDUMP`` keeps the model's plaintext out of a crash dump. ``MADV_HUGEPAGE`` keeps what
+    numpy's own allocator does for large arrays: decrypting into fresh 4 KiB pages spends most of its
+    time in page faults (about 180 ms against 70 ms for 300 MB on the CI machine, whose kernel grants
+    huge pages only on request).
+    """
+    region = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for advice in ("MADV_DONTDUMP", "MADV_HUGEPAGE"):
+        flag = getattr(mmap, advice, None)
+        if flag is not None:
+            try:
+                region.madvise(flag)
+            except OSError:  # not offered by this kernel: the buffer works, only slower or dumpable
+                pass
+    return np.frombuffer(region, dtype=np.uint8, count=size)
+
+
 def decrypt_payload(
     artifact: SealedArtifact, data_key: bytes, *, progress: bool = False, label: str = "decrypting"
 ) -> np.ndarray:
     """The authenticated plaintext payload as one uint8 array. Zeroed and raised on any failure."""
     pay = artifact.payload
-    # 4 KiB-aligned so tensor views (64-byte aligned offsets) stay aligned in memory.
-    raw = np.empty(pay.plaintext_size + 4096, dtype=np.uint8)
-    shift = (-raw.ctypes.data) % 4096
-    buf = raw[shift : shift + pay.plaintext_size]
+    buf = plaintext_buffer(pay.plaintext_size)
     dec = StreamDecryptor(data_key, artifact.stream_params(), pay.segment_count)
     out = memoryview(buf)  # type: ignore[arg-type]
     try:
