@@ -129,3 +129,39 @@ def breast_cancer_mlp(*, seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray, np
     b2 = np.concatenate([-clf.intercepts_[1], clf.intercepts_[1]]) / 2
     model = mlp_from_weights(w1.astype(np.float32), b1.astype(np.float32), w2.astype(np.float32), b2.astype(np.float32))
     return model, x_te.astype(np.float32), y_te
+
+
+def conv_net(channels: int, size: int, depth: int, classes: int, *, seed: int = 0) -> onnx.ModelProto:
+    """x[N, 3, size, size] -> (Conv 3x3 -> Relu) x depth -> global average pool -> Gemm.
+
+    Compute-heavy with few weights, an imaging model's shape (``deep_mlp`` instead streams tens of MB
+    of weights on every call).
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev, c_in = [], [], "input", 3
+    for i in range(depth):
+        w = (rng.standard_normal((channels, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"K{i}"), numpy_helper.from_array(np.zeros(channels, np.float32), f"C{i}")]
+        nodes += [
+            helper.make_node("Conv", [prev, f"K{i}", f"C{i}"], [f"v{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"v{i}"], [f"r{i}"]),
+        ]
+        prev, c_in = f"r{i}", channels
+    w = (rng.standard_normal((channels, classes)) / np.sqrt(channels)).astype(np.float32)
+    inits += [numpy_helper.from_array(w, "Wout"), numpy_helper.from_array(np.zeros(classes, np.float32), "Bout")]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [prev], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "Wout", "Bout"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_net",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
