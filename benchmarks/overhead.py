@@ -11,8 +11,8 @@ from sealinfer's own telemetry rows. Two shapes of few-ms model: (b) an MLP that
 through the caches on every call and (c) an imaging-shaped CNN with 113 KB of weights; after either,
 the security work runs on caches the computation has taken over (see the phase medians). Model (b')
 shows how the cost grows with request size: inputs and outputs are HMAC-SHA256-digested for the audit
-record (~0.6 µs/KB). A closing platform probe times
-one small piece of work warm, after an idle gap and after streaming 64 MB.
+record (~0.6 µs/KB). A closing platform probe times one small piece of work warm, after an idle gap
+and after streaming 64 MB.
 
 The HIPAA profile's per-caller query-rate limit (600/min) is switched off here, or the benchmark's
 single caller would be throttled; watermark and DP requirements are load-time only and are also off,
