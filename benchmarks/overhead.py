@@ -6,7 +6,8 @@ For (a) a tiny MLP and (b) a model of a few ms per call, alternates one plain
 ``InferenceSession.run`` with one ``SealedSession.run`` under the HIPAA profile (Cedar authorization,
 input validation, output rounding, audit with group commit in ``process`` durability, telemetry), so
 machine noise hits both equally; the plain session gets the same onnxruntime settings as the device
-sealinfer placed the model on. Prints p50/p99 of each and their ratio, and the median of each phase
+sealinfer placed the model on; a naive secure wrapper around the plain session (the same checks, done
+the obvious way) is the third contestant. Prints p50/p99 of each and their ratio, and the median of each phase
 from sealinfer's own telemetry rows. Two shapes of few-ms model: (b) an MLP that streams 64 MB of weights
 through the caches on every call and (c) an imaging-shaped CNN with 113 KB of weights; after either,
 the security work runs on caches the computation has taken over (see the phase medians). Model (b')
@@ -50,6 +51,55 @@ def bench_profile() -> object:
     return parse_profile(yaml.safe_dump(raw), source="hipaa (benchmark variant)")
 
 
+class NaiveSecureWrapper:
+    """What a team might write first around a plain session: the same checks, none of the engineering.
+
+    Cedar evaluated on every call (no decision cache), a finiteness check, output rounding, HMAC digests,
+    and one sqlite-utils insert per call (its own transaction, WAL mode), with no hash chain.
+    """
+
+    def __init__(self, session: ort.InferenceSession, db_path: Path, digest: str) -> None:
+        import sqlite_utils
+
+        self.session = session
+        self.policies = shipped_resource_text("authz.cedar")
+        self.digest = digest
+        self.key = bytes(32)
+        db = sqlite_utils.Database(db_path)
+        db.enable_wal()
+        self.table = db["audit"]
+
+    def run(self, feeds: dict[str, np.ndarray], caller: Caller) -> list[np.ndarray]:
+        import hashlib
+        import hmac
+        import json
+
+        import cedarpy
+
+        principal = {"type": "User", "id": caller.user}
+        resource = {"type": "Model", "id": self.digest}
+        entities = [
+            {"uid": principal, "attrs": {"role": caller.role}, "parents": []},
+            {"uid": resource, "attrs": {"name": "m", "version": "1", "digest": self.digest, "phi": True},
+             "parents": []},
+        ]
+        request = {"principal": principal, "action": {"type": "Action", "id": "infer"}, "resource": resource,
+                   "context": {"purpose": caller.purpose, "break_glass": False, "tenant": caller.tenant or ""}}
+        if not cedarpy.is_authorized(request, self.policies, entities).allowed:
+            raise PermissionError("denied")
+        if not all(np.isfinite(v).all() for v in feeds.values()):
+            raise ValueError("non-finite input")
+        outputs = [np.round(o, 4) for o in self.session.run(None, feeds)]
+        self.table.insert({
+            "time": time.time(), "actor": caller.user, "role": caller.role, "purpose": caller.purpose,
+            "action": "infer", "model": self.digest, "decision": "allow",
+            "input": hmac.new(self.key, json.dumps(sorted(feeds)).encode() + b"".join(
+                v.tobytes() for v in feeds.values()), hashlib.sha256).hexdigest(),
+            "output": hmac.new(self.key, b"".join(o.tobytes() for o in outputs), hashlib.sha256).hexdigest(),
+        })
+        return outputs
+
+
 def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarray, calls: int) -> None:
     session = rt.load(sealed, caller=Caller("svc-bench", "service", "treatment"))
     # The baseline gets the same onnxruntime settings (threads, spinning) as the device sealinfer
@@ -60,11 +110,14 @@ def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarr
     doctor = Caller("dr.bench", "clinician", "treatment", tenant="ward7")
     name = plain.get_inputs()[0].name
     feeds = {name: x}
+    naive = NaiveSecureWrapper(plain, rt.audit_log.path.with_name(f"naive-{session.digest[:8]}.db"), session.digest)
     for _ in range(200):  # warm-up: caches, allocator, decision cache
         plain.run(None, feeds)
         session.run(feeds, caller=doctor)
+        naive.run(feeds, doctor)
     tp = np.empty(calls)
     ts = np.empty(calls)
+    tn = np.empty(calls)
     clock = time.perf_counter_ns
     # Interleave in blocks: each session's onnxruntime thread pool keeps spin-waiting for a while
     # after a call, so strict call-by-call alternation makes the two pools fight for the 2 cores and
@@ -72,7 +125,11 @@ def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarr
     block = 200
     for start in range(0, calls, block):
         stop = min(calls, start + block)
-        for dst, fn in ((tp, lambda: plain.run(None, feeds)), (ts, lambda: session.run(feeds, caller=doctor))):
+        for dst, fn in (
+            (tp, lambda: plain.run(None, feeds)),
+            (ts, lambda: session.run(feeds, caller=doctor)),
+            (tn, lambda: naive.run(feeds, doctor)),
+        ):
             fn()  # re-warm after the other session's block
             for i in range(start, stop):
                 t0 = clock()
@@ -84,7 +141,10 @@ def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarr
     print(f"  {'':34} {'p50 µs':>10} {'p99 µs':>10}")
     print(f"  {'plain InferenceSession.run':34} {p50p:10.1f} {p99p:10.1f}")
     print(f"  {'sealinfer session.run (HIPAA)':34} {p50s:10.1f} {p99s:10.1f}")
-    print(f"  added p50 {p50s - p50p:+.1f} µs, p50 ratio {p50s / p50p:.3f}, p99 ratio {p99s / p99p:.3f}")
+    p50n, p99n = np.percentile(tn, [50, 99])
+    print(f"  {'naive secure wrapper (baseline)':34} {p50n:10.1f} {p99n:10.1f}   added p50 {p50n - p50p:+.1f} µs")
+    print(f"  sealinfer: added p50 {p50s - p50p:+.1f} µs, p50 ratio {p50s / p50p:.3f}, "
+          f"p99 ratio {p99s / p99p:.3f}; naive wrapper p50 ratio {p50n / p50p:.3f}")
     print("  where sealinfer's time goes (p50 per phase, from its own telemetry rows): " + phase_breakdown(rt, calls))
 
 
