@@ -81,103 +81,79 @@ def train_dp(
     faster for small tabular models on a busy machine.
     """
     with _torch_threads(torch_threads):
-        return _train_dp(
-            model, X_train, y_train, target_epsilon=target_epsilon, delta=delta, epochs=epochs,
-            batch_size=batch_size, max_grad_norm=max_grad_norm, lr=lr, seed=seed, accountant=accountant,
-            secure_mode=secure_mode, fix_modules=fix_modules, momentum=momentum,
+        import torch
+        from opacus import PrivacyEngine
+        from opacus.validators import ModuleValidator
+
+        X, y = _check_data(X_train, y_train)
+        n = len(X)
+        _check_positive("target_epsilon", target_epsilon)
+        _check_positive("max_grad_norm", max_grad_norm)
+        _check_positive("lr", lr)
+        if not (isinstance(delta, float | int) and 0 < delta < 1.0 / n):
+            raise PrivacyParameterError(
+                f"delta={delta!r} must be in (0, 1/len(X_train)) = (0, {1.0 / n:.3g}).",
+                hint="A delta of at most 1/(10*n) is customary.",
+            )
+        _check_count("epochs", epochs)
+        _check_count("batch_size", batch_size)
+        if batch_size > n:
+            raise PrivacyParameterError(f"batch_size={batch_size} exceeds the {n} training rows.",
+                                        hint="Use a smaller batch_size.")
+        if accountant not in SUPPORTED_ACCOUNTANTS:
+            raise PrivacyParameterError(f"accountant {accountant!r} is not supported.",
+                                        hint=f"Use one of {', '.join(SUPPORTED_ACCOUNTANTS)}.")
+
+        torch.manual_seed(seed)
+        module = copy.deepcopy(model)
+        replaced = _fix_modules(module, ModuleValidator, fix_modules)
+        if replaced:
+            module = ModuleValidator.fix(module)
+        module.train()
+
+        loader = _loader(X, y, batch_size, seed)
+        optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum)
+        noise_gen = None if secure_mode else torch.Generator().manual_seed(seed + 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Opacus warns about secure_mode=False; the certificate records it
+            engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
+            private_model, optimizer, loader = engine.make_private_with_epsilon(
+                module=module, optimizer=optimizer, data_loader=loader, target_epsilon=float(target_epsilon),
+                target_delta=float(delta), epochs=int(epochs), max_grad_norm=float(max_grad_norm),
+                poisson_sampling=True, noise_generator=noise_gen,
+            )
+            losses = _fit(private_model, optimizer, loader, epochs)
+        noise_multiplier = float(optimizer.noise_multiplier)
+        history = [(float(s), float(q), int(t)) for s, q, t in engine.accountant.history]
+
+        private_model._close()  # drop Opacus hooks and per-sample attributes before export
+        trained = private_model._module
+        trained.eval()
+        epsilon = compute_epsilon(accountant, history, float(delta))
+        if epsilon > target_epsilon * (1 + 1e-6):
+            raise AccountantError(
+                f"training spent epsilon={epsilon:.4g}, above the target {target_epsilon:g}.",
+                hint="This is a bug in the noise calibration; do not deploy this model.",
+            )
+
+        onnx_bytes = onnx_io.export_onnx(trained, X)
+        diff = onnx_io.verify_against_torch(onnx_bytes, trained, X[:_VERIFY_ROWS])
+        certificate = Certificate(
+            accountant=accountant,
+            delta=float(delta),
+            dataset_size=n,
+            sampling="poisson",
+            segments=tuple(Segment(s, q, t) for s, q, t in history),
+            max_grad_norm=float(max_grad_norm),
+            secure_mode=bool(secure_mode),
+            model_sha256=sha256_hex(onnx_bytes),
+            epsilon=epsilon,
+            metadata=_provenance(target_epsilon, epochs, batch_size, lr, seed),
         )
-
-
-def _train_dp(
-    model: Any,
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    *,
-    target_epsilon: float,
-    delta: float,
-    epochs: int,
-    batch_size: int,
-    max_grad_norm: float,
-    lr: float,
-    seed: int,
-    accountant: str,
-    secure_mode: bool,
-    fix_modules: bool,
-    momentum: float,
-) -> DPTrainingResult:
-    import torch
-    from opacus import PrivacyEngine
-    from opacus.validators import ModuleValidator
-
-    X, y = _check_data(X_train, y_train)
-    n = len(X)
-    _check_positive("target_epsilon", target_epsilon)
-    _check_positive("max_grad_norm", max_grad_norm)
-    _check_positive("lr", lr)
-    if not (isinstance(delta, float | int) and 0 < delta < 1.0 / n):
-        raise PrivacyParameterError(
-            f"delta={delta!r} must be in (0, 1/len(X_train)) = (0, {1.0 / n:.3g}).",
-            hint="A delta of at most 1/(10*n) is customary.",
+        return DPTrainingResult(
+            onnx_bytes=onnx_bytes, certificate=certificate, epsilon=epsilon, torch_model=trained,
+            noise_multiplier=noise_multiplier, max_abs_diff=diff, epoch_losses=losses, replaced_modules=replaced,
         )
-    _check_count("epochs", epochs)
-    _check_count("batch_size", batch_size)
-    if batch_size > n:
-        raise PrivacyParameterError(f"batch_size={batch_size} exceeds the {n} training rows.",
-                                    hint="Use a smaller batch_size.")
-    if accountant not in SUPPORTED_ACCOUNTANTS:
-        raise PrivacyParameterError(f"accountant {accountant!r} is not supported.",
-                                    hint=f"Use one of {', '.join(SUPPORTED_ACCOUNTANTS)}.")
-
-    torch.manual_seed(seed)
-    module = copy.deepcopy(model)
-    replaced = _fix_modules(module, ModuleValidator, fix_modules)
-    if replaced:
-        module = ModuleValidator.fix(module)
-    module.train()
-
-    loader = _loader(X, y, batch_size, seed)
-    optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum)
-    noise_gen = None if secure_mode else torch.Generator().manual_seed(seed + 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Opacus warns about secure_mode=False; the certificate records it
-        engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
-        private_model, optimizer, loader = engine.make_private_with_epsilon(
-            module=module, optimizer=optimizer, data_loader=loader, target_epsilon=float(target_epsilon),
-            target_delta=float(delta), epochs=int(epochs), max_grad_norm=float(max_grad_norm),
-            poisson_sampling=True, noise_generator=noise_gen,
-        )
-        losses = _fit(private_model, optimizer, loader, epochs)
-    noise_multiplier = float(optimizer.noise_multiplier)
-    history = [(float(s), float(q), int(t)) for s, q, t in engine.accountant.history]
-
-    private_model._close()  # drop Opacus hooks and per-sample attributes before export
-    trained = private_model._module
-    trained.eval()
-    epsilon = compute_epsilon(accountant, history, float(delta))
-    if epsilon > target_epsilon * (1 + 1e-6):
-        raise AccountantError(
-            f"training spent epsilon={epsilon:.4g}, above the target {target_epsilon:g}.",
-            hint="This is a bug in the noise calibration; do not deploy this model.",
-        )
-
-    onnx_bytes = onnx_io.export_onnx(trained, X)
-    diff = onnx_io.verify_against_torch(onnx_bytes, trained, X[:_VERIFY_ROWS])
-    certificate = Certificate(
-        accountant=accountant,
-        delta=float(delta),
-        dataset_size=n,
-        sampling="poisson",
-        segments=tuple(Segment(s, q, t) for s, q, t in history),
-        max_grad_norm=float(max_grad_norm),
-        secure_mode=bool(secure_mode),
-        model_sha256=sha256_hex(onnx_bytes),
-        epsilon=epsilon,
-        metadata=_provenance(target_epsilon, epochs, batch_size, lr, seed),
-    )
-    return DPTrainingResult(
-        onnx_bytes=onnx_bytes, certificate=certificate, epsilon=epsilon, torch_model=trained,
-        noise_multiplier=noise_multiplier, max_abs_diff=diff, epoch_losses=losses, replaced_modules=replaced,
-    )
 
 
 def train_baseline(
@@ -194,29 +170,21 @@ def train_baseline(
 ) -> TrainingResult:
     """Train without DP (Adam, shuffled minibatches) and export to ONNX; for baselines and audits."""
     with _torch_threads(torch_threads):
-        return _train_baseline(model, X_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr,
-                               seed=seed, weight_decay=weight_decay)
+        import torch
 
-
-def _train_baseline(
-    model: Any, X_train: np.ndarray, y_train: np.ndarray, *, epochs: int, batch_size: int, lr: float,
-    seed: int, weight_decay: float,
-) -> TrainingResult:
-    import torch
-
-    X, y = _check_data(X_train, y_train)
-    _check_count("epochs", epochs)
-    _check_count("batch_size", batch_size)
-    _check_positive("lr", lr)
-    torch.manual_seed(seed)
-    module = copy.deepcopy(model)
-    module.train()
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
-    losses = _fit(module, optimizer, _loader(X, y, min(batch_size, len(X)), seed, shuffle=True), epochs)
-    module.eval()
-    onnx_bytes = onnx_io.export_onnx(module, X)
-    diff = onnx_io.verify_against_torch(onnx_bytes, module, X[:_VERIFY_ROWS])
-    return TrainingResult(onnx_bytes=onnx_bytes, torch_model=module, max_abs_diff=diff, epoch_losses=losses)
+        X, y = _check_data(X_train, y_train)
+        _check_count("epochs", epochs)
+        _check_count("batch_size", batch_size)
+        _check_positive("lr", lr)
+        torch.manual_seed(seed)
+        module = copy.deepcopy(model)
+        module.train()
+        optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+        losses = _fit(module, optimizer, _loader(X, y, min(batch_size, len(X)), seed, shuffle=True), epochs)
+        module.eval()
+        onnx_bytes = onnx_io.export_onnx(module, X)
+        diff = onnx_io.verify_against_torch(onnx_bytes, module, X[:_VERIFY_ROWS])
+        return TrainingResult(onnx_bytes=onnx_bytes, torch_model=module, max_abs_diff=diff, epoch_losses=losses)
 
 
 # --- helpers ---------------------------------------------------------------------------------------

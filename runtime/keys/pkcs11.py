@@ -347,7 +347,7 @@ class Pkcs11Provider(KeyProvider):
         key_id = now.to_bytes(8, "big") + secrets.token_bytes(_ID_BYTES - 8)
 
         def generate(session: Any) -> None:
-            if self._find_keks(session, label):
+            if self._wrapping_keys(session, label):
                 raise ConfigurationError(
                     f"A KEK labelled {label!r} already exists in token {self.token_label!r}.",
                     hint="Choose another label, or omit it to get a unique one.",
@@ -382,7 +382,7 @@ class Pkcs11Provider(KeyProvider):
         label = _label_of(kek_id)
         if label is None:
             return False
-        return bool(self._run("looking up a KEK", lambda session: self._find_keks(session, label)))
+        return bool(self._run("looking up a KEK", lambda session: self._wrapping_keys(session, label)))
 
     def kek_attributes(self, kek_id: str) -> dict[str, Any]:
         """The KEK's security attributes as the token reports them (never its value)."""
@@ -525,7 +525,7 @@ class Pkcs11Provider(KeyProvider):
         )
 
     @staticmethod
-    def _wrapping_keys(session: Any, label: str | None = None) -> Iterator[Any]:
+    def _wrapping_keys(session: Any, label: str | None = None) -> list[Any]:
         template: dict[Attribute, Any] = {
             Attribute.CLASS: ObjectClass.SECRET_KEY,
             Attribute.KEY_TYPE: KeyType.AES,
@@ -535,10 +535,7 @@ class Pkcs11Provider(KeyProvider):
         }
         if label is not None:
             template[Attribute.LABEL] = label
-        return iter(list(session.get_objects(template)))
-
-    def _find_keks(self, session: Any, label: str) -> list[Any]:
-        return list(self._wrapping_keys(session, label))
+        return list(session.get_objects(template))
 
     def _sorted_keks(self, session: Any) -> list[tuple[tuple[int, bytes, str], str]]:
         found = []
@@ -554,7 +551,7 @@ class Pkcs11Provider(KeyProvider):
 
     def _kek(self, session: Any, kek_id: str) -> Any:
         label = _label_of(kek_id)
-        keks = self._find_keks(session, label) if label is not None else []
+        keks = self._wrapping_keys(session, label) if label is not None else []
         if len(keks) == 1:
             return keks[0]
         if keks:
