@@ -280,10 +280,9 @@ class AuditLog:
         ):
             checkpoint = sign_checkpoint(self._signer, self.log_id, size, frontier.root(), ts)
         conn = self._conn
-        autocommit = not conn.in_transaction
-        if autocommit and checkpoint is not None:
-            conn.execute("BEGIN IMMEDIATE")  # the record and its checkpoint commit together or not at all
-            autocommit = False
+        opened = checkpoint is not None and not conn.in_transaction
+        if opened:  # a lone record that falls due for a checkpoint: both commit together or not at all
+            conn.execute("BEGIN IMMEDIATE")
         try:
             if len(rows) == 1:
                 conn.execute(_INSERT, rows[0])
@@ -304,10 +303,10 @@ class AuditLog:
             raise StoreError(f"Another writer appended to {self.path} (last seq {last}, expected {self._size}).",
                              hint="Only one process may write an audit log; give each its own file.") from None
         except BaseException:
-            if autocommit and conn.in_transaction:
+            if opened and conn.in_transaction:  # a transaction _write opened is _write's to roll back
                 conn.execute("ROLLBACK")
             raise
-        if not autocommit:
+        if conn.in_transaction:  # otherwise the lone INSERT was its own (autocommit) transaction
             conn.execute("COMMIT")
         self._size, self._head, self._frontier, self._last_ns = size, prev, frontier, now
         if checkpoint is not None:
