@@ -28,7 +28,8 @@ def check(file: Path, as_json: bool) -> None:
     from sealinfer.runtime.policy.profile import ProfileValidationError, load_profile
 
     if not file.is_file():
-        raise PolicyError(f"{file} does not exist.", hint="Pass the path of a policy profile YAML file.")
+        what = "is not a regular file" if file.exists() else "does not exist"
+        raise PolicyError(f"{file} {what}.", hint="Pass the path of a policy profile YAML file.")
     try:
         if file.suffix == ".cedar":
             Authorizer(file.read_text("utf-8"), policy_version=f"check:{file.name}")
