@@ -17,6 +17,7 @@ import os
 import tarfile
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -107,19 +108,30 @@ def verify_archive(path: str | os.PathLike[str], trust_store: TrustStore) -> Ver
         def read(name: str) -> bytes:
             try:
                 member = tar.extractfile(name)
+                data = member.read() if member is not None else None
             except KeyError:
-                member = None
-            if member is None:
+                data = None
+            except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:  # decompression runs lazily, here
+                raise AuditIntegrityError(f"Audit archive {path} is damaged ({type(exc).__name__}: {exc}).",
+                                          hint="The archive was altered or truncated; use another retained copy.",
+                                          ) from None
+            if data is None:
                 raise AuditIntegrityError(f"Audit archive {path} lacks {name}.",
                                           hint="The archive is incomplete; use another retained copy.")
-            return member.read()
+            return data
 
         manifest_bytes = read("manifest.json")
-        manifest = json.loads(manifest_bytes)
-        if manifest.get("format") != ARCHIVE_FORMAT:
+        try:  # nothing in the manifest is trusted before its signature holds
+            manifest = json.loads(manifest_bytes)
+            fmt, key_id = manifest.get("format"), str(manifest["exporter_key_id"])
+            signature = base64.b64decode(read("manifest.sig").strip(), validate=True)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise AuditIntegrityError(f"Audit archive {path} has an unreadable manifest or signature.",
+                                      hint="The archive was altered; use another retained copy.") from None
+        if fmt != ARCHIVE_FORMAT:
             raise StoreError(f"{path} is not a {ARCHIVE_FORMAT} archive.", hint="Use a matching sealinfer release.")
         try:
-            trust_store.verify(manifest["exporter_key_id"], base64.b64decode(read("manifest.sig")), manifest_bytes)
+            trust_store.verify(key_id, signature, manifest_bytes)
         except SealinferError as exc:
             raise AuditIntegrityError(f"Audit archive manifest signature: {exc.message}",
                                       hint=exc.hint or "Use an untampered copy.") from None
