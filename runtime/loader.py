@@ -1,17 +1,19 @@
 """Decrypt a sealed payload into memory and open it with onnxruntime, never touching disk.
 
 The whole payload is decrypted, segment by segment, straight out of an mmap of the artifact into one
-preallocated buffer. The graph goes to onnxruntime as bytes; the weights as one in-memory "external
-data file" (``SessionOptions.add_external_initializers_from_files_in_memory``), which onnxruntime
-copies or prepacks while it builds the session. The buffer is then zeroed and dropped, so a loaded
-model keeps no plaintext copy of its weights of its own and its memory matches a plain session's.
+preallocated buffer. The graph goes to onnxruntime as bytes; each weight as an ``OrtValue`` over its
+slice of that buffer (``SessionOptions.add_initializer``), which onnxruntime uses in place:
+the model's weights exist once in memory, in pages kept out of core dumps, and are zeroed when the
+session closes. Weights of a type numpy cannot describe (bfloat16, float8, int4), and graphs whose
+optimizers must read weights to fold or fuse them, go instead as one in-memory "external data file",
+which onnxruntime copies; that buffer is zeroed as soon as the session exists.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,15 +72,43 @@ def decrypt_payload(
     return buf
 
 
+# Element types whose numpy arrays onnxruntime can wrap as OrtValues without copying.
+_ZERO_COPY_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT64,
+        onnx.TensorProto.BOOL,
+    }
+)
+# onnxruntime overrides an initializer given through add_initializer and never reads its external data,
+# but for a model loaded from bytes it first checks that every external data path exists under the
+# working directory. "." always does, and it is no regular file: if a graph optimizer does try to
+# read a weight (to fold or fuse it), the read fails loudly and the loader falls back to copying.
+_PLACEHOLDER_LOCATION = "."
+
+
 @dataclass
 class DecryptedModel:
     """A decrypted graph plus the buffer its weights live in. Owns plaintext: close() zeroes it.
 
-    The weights reach onnxruntime as one in-memory "external data file" (``WEIGHTS_LOCATION``)
-    through ``SessionOptions.add_external_initializers_from_files_in_memory``, which copies (or
-    prepacks) them while the session is created. So once a session exists the buffer is zeroed and
-    dropped (``release``): a loaded model holds no second plaintext copy of its weights, and its
-    resident memory matches a plain ``InferenceSession(path)``.
+    Two ways to give onnxruntime the weights:
+
+    - ``in_place_inputs``: one ``OrtValue`` per weight over its slice of the buffer
+      (``add_initializer``). The session reads the weights where they were decrypted, so the
+      buffer must outlive it; the ``SealedSession`` that owns this object closes it after the
+      onnxruntime session is gone.
+    - ``copied_inputs``: the weights as one in-memory external data file, which onnxruntime copies
+      while it builds the session; the buffer can then be released at once. Used when a weight's
+      type has no numpy view (bfloat16, float8, int4) or a graph optimizer needs to read weights.
     """
 
     graph: onnx.ModelProto
@@ -87,16 +117,38 @@ class DecryptedModel:
     weights_offset: int
     weights_length: int
     released: bool = field(default=False)
+    _values: list[ort.OrtValue] = field(default_factory=list, repr=False)
 
-    def session_options(self, base: ort.SessionOptions | None = None) -> ort.SessionOptions:
+    def _sealed(self) -> list[onnx.TensorProto]:
+        return [t for t in self.graph.graph.initializer if is_sealed_reference(t)]
+
+    def can_share(self) -> bool:
+        """Whether every weight can be handed to onnxruntime in place."""
+        return bool(self.weights_length) and all(t.data_type in _ZERO_COPY_TYPES for t in self._sealed())
+
+    def in_place_inputs(self, so: ort.SessionOptions) -> tuple[bytes, list[ort.OrtValue]]:
+        """Graph bytes plus the OrtValues added to ``so``; keep the values as long as the session."""
         self._require_weights()
-        so = base or ort.SessionOptions()
+        sealed = self._sealed()
+        values = [ort.OrtValue.ortvalue_from_numpy(tensor_view(self.buffer, self.weights_offset, t)) for t in sealed]
+        for t, value in zip(sealed, values, strict=True):
+            so.add_initializer(t.name, value)
+        graph = onnx.ModelProto()
+        graph.CopyFrom(self.graph)
+        for t in graph.graph.initializer:
+            if is_sealed_reference(t):
+                for entry in t.external_data:
+                    if entry.key == "location":
+                        entry.value = _PLACEHOLDER_LOCATION
+        self._values = values
+        return graph.SerializeToString(), values
+
+    def copied_inputs(self, so: ort.SessionOptions) -> bytes:
+        """Graph bytes, with ``so`` given the weights as an in-memory file for onnxruntime to copy."""
+        self._require_weights()
         if self.weights_length:
             weights = self.buffer[self.weights_offset : self.weights_offset + self.weights_length]
             so.add_external_initializers_from_files_in_memory([WEIGHTS_LOCATION], [weights], [self.weights_length])
-        return so
-
-    def graph_bytes(self) -> bytes:
         return self.graph_serialized
 
     def to_model_proto(self) -> onnx.ModelProto:
@@ -120,8 +172,9 @@ class DecryptedModel:
             )
 
     def release(self) -> None:
-        """Zero the plaintext weights and drop the buffer (after onnxruntime has its own copy)."""
+        """Zero the plaintext weights and drop the buffer. Only once no onnxruntime session reads it."""
         if not self.released:
+            self._values = []
             self.buffer.fill(0)
             self.buffer = np.empty(0, dtype=np.uint8)
             self.released = True
@@ -146,33 +199,63 @@ def open_decrypted(artifact: SealedArtifact, data_key: bytes, *, progress: bool 
     return DecryptedModel(graph, graph_serialized, buf, w_off, w_len)
 
 
+_ORT_ERRORS = (
+    ort.capi.onnxruntime_pybind11_state.Fail,
+    ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+    ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    RuntimeError,
+)
+
+
 def create_inference_session(
     model: DecryptedModel,
     *,
     providers: Sequence[Any] | None = None,
-    session_options: ort.SessionOptions | None = None,
+    session_options: ort.SessionOptions | Callable[[], ort.SessionOptions] | None = None,
+    prepack: bool = True,
 ) -> ort.InferenceSession:
-    """Create the onnxruntime session, then erase the decrypted weights (onnxruntime holds its own)."""
-    so = model.session_options(session_options)
-    try:
+    """Create the onnxruntime session over the decrypted weights, in place where onnxruntime allows.
+
+    ``session_options`` may be a factory: then the loader can retry with fresh options when the
+    in-place attempt fails, so the weights are shared in place whenever possible. A ready-made
+    ``SessionOptions`` object cannot be reset after a failed attempt, so its weights are copied.
+    When onnxruntime copied the weights the plaintext buffer is erased at once; otherwise the
+    session reads it and the caller must close ``model`` only after the session.
+    """
+
+    def fresh() -> ort.SessionOptions:
+        so = session_options() if callable(session_options) else (session_options or ort.SessionOptions())
+        if not prepack:
+            so.add_session_config_entry("session.disable_prepacking", "1")
+        return so
+
+    def create(graph: bytes, so: ort.SessionOptions) -> ort.InferenceSession:
         if providers is None and so.has_providers():  # devices added through add_provider_for_devices
-            session = ort.InferenceSession(model.graph_bytes(), sess_options=so)
+            return ort.InferenceSession(graph, sess_options=so)
+        return ort.InferenceSession(graph, sess_options=so, providers=providers or ["CPUExecutionProvider"])
+
+    if (session_options is None or callable(session_options)) and model.can_share():
+        so = fresh()
+        graph, values = model.in_place_inputs(so)
+        try:
+            session = create(graph, so)
+        except _ORT_ERRORS:
+            model._values = []  # an optimizer wanted to read a weight: give onnxruntime a copy instead
         else:
-            session = ort.InferenceSession(
-                model.graph_bytes(), sess_options=so, providers=providers or ["CPUExecutionProvider"]
-            )
-        model.release()
-        return session
-    except (
-        ort.capi.onnxruntime_pybind11_state.Fail,
-        ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-        ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-        RuntimeError,
-    ) as exc:
+            # Tie the views (and so the mmap) to the session object: the pages stay mapped for as long
+            # as anything can reach the session, even if the owner forgets to close it.
+            session._sealinfer_weights = values  # type: ignore[attr-defined]
+            return session
+    so = fresh()
+    try:
+        session = create(model.copied_inputs(so), so)
+    except _ORT_ERRORS as exc:
         raise ModelError(
             f"onnxruntime cannot create a session for this model: {str(exc).splitlines()[0]}",
             hint="Check that the model runs with plain onnxruntime before sealing it.",
         ) from None
+    model.release()
+    return session
 
 
 def open_model_proto(

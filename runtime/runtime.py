@@ -21,7 +21,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -191,30 +192,41 @@ class Runtime:
         session_options: ort.SessionOptions | None = None,
         providers: Sequence[Any] | None = None,
         progress: bool = False,
+        prepack: bool = True,
     ) -> SealedSession:
-        """Verify, authorize, decrypt in memory and open ``path``; see the module docstring for the checks."""
+        """Verify, authorize, decrypt in memory and open ``path``; see the module docstring for the checks.
+
+        The weights exist once, in the decrypted buffer, which onnxruntime reads in place. With
+        ``prepack`` (onnxruntime's default, and what makes outputs bit-identical to a plain session)
+        onnxruntime also keeps a GEMM-friendly copy of MatMul/Gemm weights: faster batched inference
+        for about twice the memory. ``prepack=False`` keeps one copy only, matching a plain session
+        run with ``session.disable_prepacking``; choose it when memory, not speed, is the limit.
+        """
         if self._ctx is None:
             artifact, data_key = self.open_artifact(path)
             decrypted = open_decrypted(artifact, data_key, progress=progress)
-            return self._session(artifact, decrypted, session_options, providers)
+            return self._session(artifact, decrypted, session_options, providers, prepack=prepack)
         if caller is None:
             raise ConfigurationError(
                 "Loading under a policy needs a caller.", hint="Pass caller=Caller(user, role, purpose)."
             )
-        return self._load_audited(Path(path), caller, session_options, providers, progress)
+        return self._load_audited(Path(path), caller, session_options, providers, progress, prepack)
 
     def _session(
         self,
         artifact: SealedArtifact,
         decrypted: DecryptedModel,
-        session_options: ort.SessionOptions | None,
+        session_options: ort.SessionOptions | Callable[[], ort.SessionOptions] | None,
         providers: Sequence[Any] | None,
         pipeline_factory: Any = None,
         device: str = "cpu",
         submitter: Any = None,
+        prepack: bool = True,
     ) -> SealedSession:
         try:
-            session = create_inference_session(decrypted, providers=providers, session_options=session_options)
+            session = create_inference_session(
+                decrypted, providers=providers, session_options=session_options, prepack=prepack
+            )
         except BaseException:
             decrypted.close()
             raise
@@ -225,9 +237,10 @@ class Runtime:
         self,
         path: Path,
         caller: Caller,
-        session_options: ort.SessionOptions | None,
+        session_options: ort.SessionOptions | Callable[[], ort.SessionOptions] | None,
         providers: Sequence[Any] | None,
         progress: bool,
+        prepack: bool,
     ) -> SealedSession:
         from sealinfer.runtime.pipeline import RequestPipeline
         from sealinfer.runtime.policy.authz import AccessDeniedError, ModelResource
@@ -260,8 +273,9 @@ class Runtime:
             if session_options is None and providers is None:
                 from sealinfer.runtime.scheduler import session_options_for
 
-                session_options, chosen = session_options_for(placement.device)
+                _, chosen = session_options_for(placement.device)  # raises at once if the device is absent
                 providers = chosen or None
+                session_options = partial(_options_only, placement.device)
             data_key = artifact.unwrap_for(self.keyring, self._hsm_providers)
             decrypted = open_decrypted(artifact, data_key, progress=progress)
             try:
@@ -279,6 +293,7 @@ class Runtime:
                 submitter=lambda s, inputs, who, priority, deadline_s: self._submit(
                     s, placement, resource, inputs, who, priority, deadline_s
                 ),
+                prepack=prepack,
             )
         except SealinferError as exc:
             self._audit_load(caller, manifest, decision, details, exc, path)
@@ -407,3 +422,10 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _options_only(device: Any) -> ort.SessionOptions:
+    """Fresh session options for ``device`` (the loader may need a second set after a failed attempt)."""
+    from sealinfer.runtime.scheduler import session_options_for
+
+    return session_options_for(device)[0]

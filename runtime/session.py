@@ -46,6 +46,10 @@ class SealedSession:
         self._submitter = submitter
         self._closed = False
         self._lock = threading.Lock()
+        # onnxruntime reads the weights in place from the decrypted buffer, so close() must not zero it
+        # while a run is still inside onnxruntime: runs in flight are counted and close() waits for them.
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
         sig = manifest.get("signature_io", {})
         self.inputs = [TensorSpec.from_dict(s) for s in sig.get("inputs", [])]
         self.outputs = [TensorSpec.from_dict(s) for s in sig.get("outputs", [])]
@@ -73,10 +77,6 @@ class SealedSession:
     @property
     def device(self) -> str:
         return self._device
-
-    @property
-    def onnx_session(self) -> ort.InferenceSession:
-        return self._session
 
     # --- running -----------------------------------------------------------------------------
 
@@ -120,15 +120,27 @@ class SealedSession:
         return self._submitter(self, inputs, caller, priority, deadline_s)
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._session.run(self._output_names, dict(inputs))
+        with self._lock:
+            if self._closed:
+                raise SealinferError("This session is closed.", hint="Load the model again with Runtime.load().")
+            self._in_flight += 1
+        try:
+            results = self._session.run(self._output_names, dict(inputs))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.notify_all()
         return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
-        """Release the onnxruntime session and zero the decrypted weights."""
+        """Wait for runs in flight, release the onnxruntime session, then zero the decrypted weights."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            while self._in_flight:
+                self._idle.wait()
         del self._session
         self._decrypted.close()
 

@@ -134,15 +134,83 @@ def test_seal_is_atomic_and_rejects_bad_models(tmp_path: Path, keyring: Keyring)
     assert not any(p.name.endswith((".sealed", ".partial")) for p in tmp_path.iterdir())
 
 
-def test_loaded_session_keeps_no_plaintext_weights_of_its_own(tmp_path: Path, keyring: Keyring):
+def test_loaded_session_reads_its_one_plaintext_copy_in_place_and_close_erases_it(tmp_path: Path, keyring: Keyring):
     from sealinfer.runtime.errors import ArtifactError
 
     path = models.save(models.mlp(30, 256, 2), tmp_path / "m.onnx")
     seal_model(path, tmp_path / "m.sealed", keyring=keyring)
-    session = Runtime(keyring).load(tmp_path / "m.sealed")
+    x = np.ones((2, 30), np.float32)
+    session = Runtime(keyring).load(tmp_path / "m.sealed", prepack=False)
+    lean = ort.SessionOptions()
+    lean.add_session_config_entry("session.disable_prepacking", "1")
+    plain = ort.InferenceSession(str(path), lean, providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run({"input": x})["logits"], plain.run(None, {"input": x})[0])
     decrypted = session._decrypted
+    assert not decrypted.released
+    # onnxruntime holds no copy of its own: what it computes with is the decrypted buffer itself.
+    weights = decrypted.buffer[decrypted.weights_offset : decrypted.weights_offset + decrypted.weights_length]
+    weights[:] = 0
+    assert not np.array_equal(session.run({"input": x})["logits"], plain.run(None, {"input": x})[0])
+    session.close()
     assert decrypted.released and decrypted.buffer.size == 0
     with pytest.raises(ArtifactError, match="erased"):
         decrypted.to_model_proto()
-    x = np.ones((2, 30), np.float32)
-    assert np.array_equal(session.run({"input": x})["logits"], _plain(path, {"input": x})[0])
+    from sealinfer.runtime.errors import SealinferError
+
+    with pytest.raises(SealinferError, match="closed"):
+        session.run({"input": x})
+
+
+def test_weights_an_optimizer_must_read_are_copied_and_erased_at_once(tmp_path: Path, keyring: Keyring):
+    # Transpose(W) is constant-folded while the session is built, so onnxruntime must read W itself.
+    w = np.arange(600, dtype=np.float32).reshape(20, 30) / 600
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["W"], ["Wt"]), helper.make_node("MatMul", ["input", "Wt"], ["out"])],
+        "folded",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 30])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 20])],
+        [onnx.numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = models.save(model, tmp_path / "folded.onnx")
+    seal_model(path, tmp_path / "folded.sealed", keyring=keyring)
+    session = Runtime(keyring).load(tmp_path / "folded.sealed")
+    assert session._decrypted.released and session._decrypted.buffer.size == 0
+    x = np.ones((3, 30), np.float32)
+    assert np.array_equal(session.run({"input": x})["out"], _plain(path, {"input": x})[0])
+
+
+def test_close_waits_for_runs_in_flight_and_no_run_sees_erased_weights(tmp_path: Path, keyring: Keyring):
+    import threading
+
+    from sealinfer.runtime.errors import SealinferError
+
+    path = models.save(models.deep_mlp(64, 512, 3, 10), tmp_path / "d.onnx")
+    seal_model(path, tmp_path / "d.sealed", keyring=keyring)
+    x = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
+    expected = _plain(path, {"input": x})[0]
+    session = Runtime(keyring).load(tmp_path / "d.sealed")
+    assert not session._decrypted.released
+    outcomes: list[str] = []
+    started = threading.Barrier(5)
+
+    def worker() -> None:
+        started.wait()
+        while True:  # until close() turns this worker away
+            try:
+                out = session.run({"input": x})["logits"]
+            except SealinferError:
+                outcomes.append("closed")
+                return
+            outcomes.append("ok" if np.array_equal(out, expected) else "WRONG")
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    started.wait()
+    session.close()
+    for t in threads:
+        t.join()
+    assert "WRONG" not in outcomes and outcomes.count("closed") == 4
+    assert session._decrypted.released
