@@ -96,6 +96,27 @@ _ZERO_COPY_TYPES = frozenset(
 _PLACEHOLDER_LOCATION = "."
 
 
+# Ops whose weights onnxruntime's CPU graph optimizers rewrite while building a session (NCHWc
+# reordering of convolution kernels, BatchNormalization folding), so they must be readable then.
+_REWRITTEN_WEIGHTS = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "FusedConv"})
+
+
+def _optimizers_read(graph: onnx.GraphProto, sealed: set[str]) -> bool:
+    """Whether a graph optimizer will want to read a sealed weight, which the in-place path cannot give.
+
+    A conservative guess, to spare the failed attempt (and the error onnxruntime logs for it): a
+    node that takes a sealed weight and is either rewritten by layout/fusion passes or has nothing
+    but initializers as inputs (constant folding). A miss only costs a retry with a copy.
+    """
+    initializers = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if not sealed.intersection(node.input):
+            continue
+        if node.op_type in _REWRITTEN_WEIGHTS or all(not i or i in initializers for i in node.input):
+            return True
+    return False
+
+
 @dataclass
 class DecryptedModel:
     """A decrypted graph plus the buffer its weights live in. Owns plaintext: close() zeroes it.
@@ -123,8 +144,13 @@ class DecryptedModel:
         return [t for t in self.graph.graph.initializer if is_sealed_reference(t)]
 
     def can_share(self) -> bool:
-        """Whether every weight can be handed to onnxruntime in place."""
-        return bool(self.weights_length) and all(t.data_type in _ZERO_COPY_TYPES for t in self._sealed())
+        """Whether every weight can be handed to onnxruntime in place (worth trying, at least)."""
+        sealed = self._sealed()
+        return (
+            bool(sealed)
+            and all(t.data_type in _ZERO_COPY_TYPES for t in sealed)
+            and not _optimizers_read(self.graph.graph, {t.name for t in sealed})
+        )
 
     def in_place_inputs(self, so: ort.SessionOptions) -> tuple[bytes, list[ort.OrtValue]]:
         """Graph bytes plus the OrtValues added to ``so``; keep the values as long as the session."""

@@ -161,8 +161,8 @@ def test_loaded_session_reads_its_one_plaintext_copy_in_place_and_close_erases_i
         session.run({"input": x})
 
 
-def test_weights_an_optimizer_must_read_are_copied_and_erased_at_once(tmp_path: Path, keyring: Keyring):
-    # Transpose(W) is constant-folded while the session is built, so onnxruntime must read W itself.
+def _sealed_folded_model(tmp_path: Path, keyring: Keyring) -> Path:
+    """x @ Transpose(W): onnxruntime constant-folds the Transpose, so it must read W itself."""
     w = np.arange(600, dtype=np.float32).reshape(20, 30) / 600
     graph = helper.make_graph(
         [helper.make_node("Transpose", ["W"], ["Wt"]), helper.make_node("MatMul", ["input", "Wt"], ["out"])],
@@ -175,8 +175,34 @@ def test_weights_an_optimizer_must_read_are_copied_and_erased_at_once(tmp_path: 
     model.ir_version = 8
     path = models.save(model, tmp_path / "folded.onnx")
     seal_model(path, tmp_path / "folded.sealed", keyring=keyring)
+    return path
+
+
+def test_weights_an_optimizer_must_read_are_copied_and_erased_at_once(tmp_path: Path, keyring: Keyring):
+    path = _sealed_folded_model(tmp_path, keyring)
+    x = np.ones((3, 30), np.float32)
     session = Runtime(keyring).load(tmp_path / "folded.sealed")
     assert session._decrypted.released and session._decrypted.buffer.size == 0
+    assert np.array_equal(session.run({"input": x})["out"], _plain(path, {"input": x})[0])
+
+
+def test_a_failed_in_place_attempt_falls_back_to_a_copy(tmp_path: Path, keyring: Keyring, monkeypatch):
+    # When the guess of which weights optimizers read misses, onnxruntime fails reading the placeholder
+    # and the loader retries with fresh options and a copy: the caller sees a working session.
+    import sealinfer.runtime.loader as loader
+
+    path = _sealed_folded_model(tmp_path, keyring)
+    monkeypatch.setattr(loader, "_optimizers_read", lambda graph, sealed: False)
+    attempts: list[bool] = []
+    real = loader.DecryptedModel.in_place_inputs
+
+    def attempt(self: loader.DecryptedModel, so: ort.SessionOptions) -> tuple[bytes, list[ort.OrtValue]]:
+        attempts.append(True)
+        return real(self, so)
+
+    monkeypatch.setattr(loader.DecryptedModel, "in_place_inputs", attempt)
+    session = Runtime(keyring).load(tmp_path / "folded.sealed")
+    assert attempts == [True] and session._decrypted.released
     x = np.ones((3, 30), np.float32)
     assert np.array_equal(session.run({"input": x})["out"], _plain(path, {"input": x})[0])
 
