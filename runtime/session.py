@@ -9,6 +9,7 @@ caller finds no commit in progress (group commit), so a lone caller pays one inl
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,8 @@ class SealedSession:
         # while a run is still inside onnxruntime: runs in flight are counted and close() waits for them.
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
+        # A session dropped without close() (or still open at exit) still has its plaintext zeroed.
+        self._erase = weakref.finalize(self, decrypted.close)
         sig = manifest.get("signature_io", {})
         self.inputs = [TensorSpec.from_dict(s) for s in sig.get("inputs", [])]
         self.outputs = [TensorSpec.from_dict(s) for s in sig.get("outputs", [])]
@@ -142,7 +145,7 @@ class SealedSession:
             while self._in_flight:
                 self._idle.wait()
         del self._session
-        self._decrypted.close()
+        self._erase()
 
     def __enter__(self) -> SealedSession:
         return self

@@ -178,6 +178,19 @@ def _sealed_folded_model(tmp_path: Path, keyring: Keyring) -> Path:
     return path
 
 
+def test_a_session_dropped_without_close_still_erases_its_weights(tmp_path: Path, keyring: Keyring):
+    import gc
+
+    path = models.save(models.mlp(30, 256, 2), tmp_path / "m.onnx")
+    seal_model(path, tmp_path / "m.sealed", keyring=keyring)
+    session = Runtime(keyring).load(tmp_path / "m.sealed")
+    decrypted = session._decrypted
+    assert not decrypted.released
+    del session
+    gc.collect()
+    assert decrypted.released and decrypted.buffer.size == 0
+
+
 def test_weights_an_optimizer_must_read_are_copied_and_erased_at_once(tmp_path: Path, keyring: Keyring):
     path = _sealed_folded_model(tmp_path, keyring)
     x = np.ones((3, 30), np.float32)
