@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from sealinfer.watermark import canonicalize, codec, lattice, nudge, robust, sensitivity, spread
+from sealinfer.watermark import canonicalize, codec, kfac, lattice, nudge, robust, sensitivity, spread
 from sealinfer.watermark.common import STRENGTH, STRENGTH_LEVELS, carriers
 from sealinfer.watermark.errors import FidelityError, QuantizedModelError, WatermarkCapacityError
 from sealinfer.watermark.fidelity import ProbeRunner, compare, generate_probes
@@ -100,7 +100,10 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
         share_here = TARGET_SHARE if plan is None else SPREAD_SHARE_WITH_ROBUST
         aim = [i for i, lv in enumerate(STRENGTH_LEVELS) if lv * per_level <= max_relative_change * share_here]
         start = aim[0] if aim else len(STRENGTH_LEVELS) - 1
-        for level in STRENGTH_LEVELS[start:]:
+        # Beside the robust channel a weak spread mark can cost more than a stronger one: its chips then
+        # need many rounding flips to survive INT8. So the stronger levels are tried after the weaker ones.
+        order = STRENGTH_LEVELS[start:] if plan is None else STRENGTH_LEVELS[start:] + STRENGTH_LEVELS[:start][::-1]
+        for level in order:
             strength = STRENGTH * level
             arrays, survived = _mark(arrays0, lay, strength, subsets, codes, frame, protect_raw, share, price,
                                      scales, large, p0, work)
@@ -157,27 +160,37 @@ def _robust_plans(model: onnx.ModelProto, refs: list, arrays: list[np.ndarray], 
     if not cands:
         return [], 0.0
     costs = sensitivity.weight_costs(model, refs, probes, cands)
-    best: tuple[float, int, np.ndarray] | None = None
+    options: list[tuple[float, int, Callable[[int], np.ndarray]]] = []
+
+    def capacity(t: int, trial_w: np.ndarray) -> float:
+        trial = list(arrays)
+        trial[t] = trial_w
+        change = fid(trial).max_relative_change
+        return TRIAL_A * (bound / change) ** 2 if change > 0 else math.inf
+
     for t in cands:
         v = robust.shares(costs[t], protect[t])
-        trial = list(arrays)
-        trial[t] = robust.trial_change(arrays[t], TRIAL_A, v)
-        change = fid(trial).max_relative_change
-        a_full = TRIAL_A * (bound / change) ** 2 if change > 0 else math.inf
-        if best is None or a_full > best[0]:
-            best = (a_full, t, v)
-    assert best is not None
-    a_full, t, v = best
+        rc = robust.code(key, t, tuple(arrays[t].shape))
+        options.append((capacity(t, robust.trial_change(arrays[t], TRIAL_A, v)), t,
+                        lambda level, t=t, rc=rc, v=v: robust.embed(arrays[t], rc, level, v)))
+    # The full Kronecker factors cost one probe run per output unit: measured only when the diagonal
+    # shaping leaves the strongest level out of reach.
+    if max(o[0] for o in options) * ROBUST_SHARE**2 < robust.LEVELS[-1]:
+        for t, sh in kfac.factors(model, refs, probes, cands).items():
+            rc = robust.code(key, t, tuple(arrays[t].shape))
+            options.append((capacity(t, robust.shaped_trial(arrays[t], rc, TRIAL_A, sh, protect[t])), t,
+                            lambda level, t=t, rc=rc, sh=sh: robust.shaped_embed(arrays[t], rc, level, sh,
+                                                                                 protect[t])))
+    a_full, t, place = max(options, key=lambda o: o[0])
     budget = bound * ROBUST_SHARE
     plans: list[tuple[list[np.ndarray], float]] = []
     if a_full * ROBUST_SHARE**2 < robust.LEVELS[0] / 4:
         return plans, a_full  # hopeless here: not even a weak level is within reach
     # The trial only ranks tensors: a real mark's output change varies from level to level by more than
     # the sqrt(A) trend (each level's chip moves are a fresh uniform draw), so measure every level.
-    rc = robust.code(key, t, tuple(arrays[t].shape))
     for level in range(len(robust.LEVELS) - 1, -1, -1):
         marked = list(arrays)
-        marked[t] = robust.embed(arrays[t], rc, level, v)
+        marked[t] = place(level)
         if fid(marked).max_relative_change <= budget:
             plans.append((marked, robust.LEVELS[level]))
             if len(plans) == 3:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sealinfer.watermark.keys import rng
+from sealinfer.watermark.kfac import Shaping
 
 MIN_TENSOR = 16_384  # weights: smaller tensors cannot hold a useful level and would only add tests
 LEVELS = tuple(50.0 * 2 ** (i / 2) for i in range(10))  # target A (energy SNR against 0.1-std noise)
@@ -126,6 +127,65 @@ def trial_change(w: np.ndarray, level_a: float, v: np.ndarray, seed: int = 0) ->
     scale = s_eff * float(np.std(w)) / max(float(v.mean()), 1e-12)
     return (w.reshape(-1) + r * v * scale).astype(np.float32).reshape(w.shape)
 
+
+GRAM_CHUNK = 64  # chips per batch when forming the Gram system (bounds memory to 64 tensor copies)
+
+
+def _shaped_basis(shaping: Shaping, keep: np.ndarray, chips: np.ndarray, coef: np.ndarray, k: int,
+                  shape: tuple[int, int]) -> np.ndarray:
+    """Gram matrix ``G[k, l] = <c_l, keep * (L^-1 c_k S^-1)>`` of the chip patterns ``c_k`` (``coef`` on
+    chip ``k``'s weights): the projection change of chip ``l`` per unit weight of chip ``k``'s move."""
+    rows, cols = shape
+    gram = np.empty((k, k))
+    for k0 in range(0, k, GRAM_CHUNK):
+        ks = np.arange(k0, min(k, k0 + GRAM_CHUNK))
+        pat = np.where(chips[None, :] == ks[:, None], coef[None, :], 0.0).reshape(ks.size, rows, cols)
+        moved = (shaping.left @ pat @ shaping.right).reshape(ks.size, -1) * keep
+        gram[ks] = np.stack([np.bincount(chips, weights=m * coef, minlength=k) for m in moved])
+    return gram
+
+
+def shaped_embed(w: np.ndarray, rc: RobustCode, level: int, shaping: Shaping, protect: np.ndarray,
+                 moves: np.ndarray | None = None) -> np.ndarray:
+    """``embed`` with the least-output-change move: ``dW = keep * (L^-1 U S^-1)``, ``U = sum mu_k c_k``,
+    with ``mu`` solved so every chip lands (``moves`` overrides the chip moves, for fidelity trials).
+
+    Protected weights are masked out of each chip's pattern before the Gram system is solved, so the
+    constraints hold exactly with them fixed (slightly off the optimum, for a handful of weights)."""
+    of_micro, dither, bits, k = rc.level(level)
+    chips = of_micro[rc.micro]
+    rows = w.shape[0]
+    shape = (rows, w.size // rows)
+    keep = ~protect.reshape(-1)
+    out = w.reshape(-1).astype(np.float64)
+    gram = None
+    std0 = std = float(np.std(out)) or 1.0
+    for _ in range(1 if moves is not None else 2):  # the move changes the std a little: a second pass lands
+        p, sizes = _projections(*_micro_sums(rc, rc.signs * out / std), of_micro, k)
+        if moves is None:
+            u = p / _steps(level, w.size, sizes) - dither - bits * 0.5
+            move = (np.round(u) - u) * _steps(level, w.size, sizes)
+        else:
+            move = moves
+        coef = rc.signs / (std * np.sqrt(np.maximum(sizes, 1))[chips])
+        if gram is None:
+            gram = _shaped_basis(shaping, keep, chips, coef, k, shape)
+        mu = np.linalg.solve(gram * (std0 / std) ** 2, move)
+        u_mat = (mu[chips] * coef).reshape(shape)
+        out += (shaping.left @ u_mat @ shaping.right).reshape(-1) * keep
+        std = float(np.std(out)) or 1.0
+    return out.astype(np.float32).reshape(w.shape)
+
+
+def shaped_trial(w: np.ndarray, rc: RobustCode, level_a: float, shaping: Shaping, protect: np.ndarray,
+                 seed: int = 0) -> np.ndarray:
+    """A shaped move of energy ``level_a`` with random chip moves (uniform over a cell), for fidelity trials."""
+    level = int(np.argmin(np.abs(np.array(LEVELS) - level_a)))
+    of_micro, _, _, k = rc.level(level)
+    sizes = np.bincount(of_micro, weights=np.bincount(rc.micro, minlength=MICRO), minlength=k)
+    step = math.sqrt(NOISE**2 * level_a / w.size) * np.sqrt(12.0 * np.maximum(sizes, 1))
+    moves = np.random.default_rng(seed).uniform(-0.5, 0.5, size=k) * step
+    return shaped_embed(w, rc, level, shaping, protect, moves)
 
 @dataclass
 class Score:

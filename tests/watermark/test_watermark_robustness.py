@@ -48,42 +48,25 @@ def test_watermark_survives_permutation_and_rescaling(built, marked, name):
     assert det.detected and det.p_value <= 1e-9 and det.payload == PAYLOAD
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", MODELS)
 def test_watermark_survives_gaussian_noise(marked, name):
-    """0.1*std Gaussian noise on every weight tensor: the robust channel still detects at p <= 1e-9."""
+    """0.1*std Gaussian noise on every weight tensor: the robust channel still detects at p <= 1e-9.
+
+    The transformer only affords this since the robust move is shaped by the full (Kronecker-factored)
+    output cost: with a per-weight diagonal cost its best tensor took an energy A of ~5-20 within the
+    bound, far below the ~210 a blind detection at p <= 1e-9 needs (see robust.py)."""
     model, receipt = marked[name]
     assert receipt.strength["robust_energy"] > 0  # the robust channel was placed
     for seed in (3, 4):
         det = wm.detect(attacks.add_noise(model, 0.1, seed=seed), KEY)
         print(f"{name} noise 0.1*std (seed {seed}): p={det.p_value:.3g} (log10 {det.log10_p:.1f}), "
-              f"channel {det.channel}")
+              f"channel {det.channel}, robust energy {receipt.strength['robust_energy']:.0f}")
         assert det.detected and det.p_value <= 1e-9
         assert det.channel == "robust"
         assert det.payload in (None, PAYLOAD)  # the payload channels are not built for this noise
 
 
-def test_watermark_under_gaussian_noise_transformer_never_overclaims(marked):
-    """The small transformer cannot carry a noise-proof mark within the fidelity bound (see robust.py).
-
-    Measured on its probes: perturbing any one weight tensor by s std (rms) moves the logits by
-    0.5-8 x s (relative), so within 1e-3 a tensor takes s <= 1.8e-3: energy A = N s^2 / 0.01 of ~6-8 for
-    the best tensor (64x256) even with sensitivity-shaped moves. Telling marked from unmarked under
-    N(0, 0.01) per weight needs A >= 36 even for a detector that HAS the original model (d' = sqrt(A) >= 6
-    for p <= 1e-9), and ~210 for a blind one. What must hold is that the p-value stays honest and a
-    claimed payload is never wrong.
-    """
-    model, receipt = marked["transformer"]
-    capacity = receipt.strength["robust_capacity"]
-    det = wm.detect(attacks.add_noise(model, 0.1, seed=3), KEY)
-    print(f"transformer noise 0.1*std: detected={det.detected} p={det.p_value:.3g}, "
-          f"robust energy {receipt.strength['robust_energy']}, capacity within the bound A={capacity:.1f}")
-    assert capacity < 36, "the bound now buys enough energy: make this a detection test like the others"
-    assert det.payload in (None, PAYLOAD)
-    if not det.detected:
-        assert det.payload is None and det.p_value > det.threshold_p
-
-
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", MODELS)
 def test_watermark_noisy_copy_is_not_detected_under_wrong_keys(marked, name):
     """The robust channel's exact null bound holds on an attacked marked model too."""
     from sealinfer.tests.watermark.conftest import rand_keys
