@@ -12,9 +12,10 @@ from the model alone and the key, with an exact p-value. Three channels:
 
 Limit worth knowing: under noise of 0.1 x std per weight, detection needs a mark energy
 ``A = sum (change / std)^2 / 0.01`` of ~210 (blind, p <= 1e-9), and even a detector holding the original
-model needs ~36. Where the fidelity bound cannot buy that much (the small transformer encoder of the
-tests: ~6-8), no mark survives such noise — which also ruins that model's accuracy. ``robust.py`` has
-the derivation; ``Receipt.strength['robust_energy']`` records what was placed (0 = none).
+model needs ~36. A per-weight (diagonal) output-cost proxy buys only ~5-20 in the small transformer
+encoder of the tests; the Kronecker-factored cost of ``kfac.py`` (input covariance x output Jacobian metric)
+buys thousands there. ``robust.py`` has the derivation;
+``Receipt.strength["robust_energy"]`` records what was placed (0 = none).
 """
 
 from sealinfer.watermark.detect import detect, verify_commitment

@@ -176,7 +176,10 @@ def _robust_plans(model: onnx.ModelProto, refs: list, arrays: list[np.ndarray], 
     # The full Kronecker factors cost one probe run per output unit: measured only when the diagonal
     # shaping leaves the strongest level out of reach.
     if max(o[0] for o in options) * ROBUST_SHARE**2 < robust.LEVELS[-1]:
-        for t, sh in kfac.factors(model, refs, probes, cands).items():
+        # Factors from every other probe, priced on all: a tensor whose saving is an artefact of the probes
+        # it was fitted to (unseen inputs excite its 'free' directions) then shows it and is not chosen.
+        fit = {name: x[::2] for name, x in probes.items()}
+        for t, sh in kfac.factors(model, refs, fit, cands).items():
             rc = robust.code(key, t, tuple(arrays[t].shape))
             options.append((capacity(t, robust.shaped_trial(arrays[t], rc, TRIAL_A, sh, protect[t])), t,
                             lambda level, t=t, rc=rc, sh=sh: robust.shaped_embed(arrays[t], rc, level, sh,

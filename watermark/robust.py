@@ -7,8 +7,10 @@ is, if the chip is big and the mark per weight as strong as fidelity allows. Wit
 ``S = sum_k cos(2 pi (phase_k - bit_k / 2))`` has mean ``K exp(-3.29 K / A)``, best at ``K = A / 3.29``,
 where ``-log p >= S^2 / K ~= A / 8.9``. So p <= 1e-9 (with the multiple-test corrections) needs
 ``A >~ 210``: the mark must put that much energy where the outputs do not feel it. Embedding therefore
-shapes the move per weight by inverse sensitivity (``sensitivity.weight_costs``, capped), picks the one
-tensor where the fidelity budget buys the most ``A`` and the strongest level that fits.
+shapes the move per weight by inverse sensitivity (``sensitivity.weight_costs``, capped) or, where that
+falls short, by the Kronecker-factored output cost (``kfac``, ``shaped_embed``: any direction, only the chip
+projections are fixed), picks the one tensor where the fidelity budget buys the most ``A`` and the
+strongest level that fits. The detector is the same for both: it only reads the chip projections.
 
 The detector knows neither the tensor nor the level: it scores every (tensor, level) of the fixed grid and
 pays a Bonferroni factor for the number of tests. Each score has an exact null bound: under the null
