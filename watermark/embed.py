@@ -24,7 +24,7 @@ TARGET_SHARE = 0.5  # aim for half the fidelity bound on probes: real data may d
 MAX_PROBED_TENSORS = 64  # beyond this, per-tensor sensitivity probing costs more than it saves
 MAX_PROBED_WEIGHTS = 20_000_000
 ROBUST_SHARE = 0.6  # of the fidelity bound, spent on the robust channel (the rest on the others)
-ROBUST_FINAL_SHARE = 0.75  # of the bound, for all channels together when the robust one is in
+ROBUST_FINAL_SHARE = 0.65  # of the bound, for all channels together when the robust one is in
 SPREAD_SHARE_WITH_ROBUST = 0.25  # the spread channel's aim beside it (FP16/INT8 survival needs little)
 TRIAL_A = 100.0
 
@@ -111,7 +111,8 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
             if best is None or report.max_relative_change < best.max_relative_change:
                 best = report
             # With the robust channel the mark spends most of the bound, so keep the slack that probe
-            # inputs need to stand for unseen data (held-out changes ran up to ~1.25x the probes' here).
+            # inputs need to stand for unseen data (held-out changes ran up to ~1.45x the probes' over 18
+            # transformer seed x key combinations).
             if report.max_relative_change <= max_relative_change * (1.0 if plan is None else ROBUST_FINAL_SHARE):
                 chosen = (arrays, survived, report, strength, 0.0 if plan is None else plan[1])
                 break

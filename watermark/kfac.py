@@ -27,7 +27,10 @@ from sealinfer.watermark.graph import WeightRef, copy_fields
 
 MAX_WEIGHTS = 1 << 15  # the Gram system holds one dense copy of the tensor per chip
 MAX_DIM = 512  # rows (perturbation runs) and columns (covariance size)
-EPS = 1e-2  # ridge, relative to the mean eigenvalue, on both factors
+# Ridge on both factors, relative to the mean eigenvalue. At 1e-2 one of 18 transformer seed x key
+# combinations put its mark in directions the probes barely excite and changed held-out logits 2.4x
+# more than the probes'; at 1e-1 all 18 held (capacity still >= 1,900 against the ~210 needed).
+EPS = 1e-1
 FD_REL = 1e-2  # finite-difference step, relative to the op output's rms
 FD_SAMPLES = 64  # probe samples used for the output metric (one run per output unit)
 PERTURB = "__wm_kfac_delta"
