@@ -53,7 +53,7 @@ class AuditReceipt(NamedTuple):
 
 
 class _Pending:
-    __slots__ = ("done", "error", "payloads", "receipts", "wake")
+    __slots__ = ("done", "error", "next", "payloads", "receipts", "wake")
 
     def __init__(self, payloads: list[str]) -> None:
         self.payloads = payloads
@@ -61,6 +61,7 @@ class _Pending:
         self.receipts: list[AuditReceipt] = []
         self.error: BaseException | None = None
         self.done = False
+        self.next: _Pending | None = None  # the next waiter of the same batch, woken by this one
 
 
 class AuditLog:
@@ -190,8 +191,13 @@ class AuditLog:
                     batch = [mine]
         if not leader:
             assert mine.wake is not None
-            mine.wake.acquire()  # released once: either our record is committed or we lead next
+            try:
+                mine.wake.acquire()  # released once: either our record is committed or we lead next
+            finally:  # even if interrupted here, the rest of the batch must still be woken
+                if mine.done and mine.next is not None:
+                    mine.next.wake.release()  # type: ignore[union-attr]
             if not mine.done:
+                mine.wake = None  # spent: as the leader it is in its own batch, and nobody wakes a leader
                 with self._mutex:
                     if self._group:
                         batch, self._pending = self._pending, []
@@ -214,11 +220,16 @@ class AuditLog:
         except BaseException as exc:  # every waiter of the batch must learn its record was not written
             error = exc
         with self._mutex:
-            for p in batch:
+            # Waiters wake one another in a chain rather than all at once: a crowd woken together only
+            # queues again for the GIL, and each of those hand-offs is another context switch.
+            first: _Pending | None = None
+            for p in reversed(batch):
                 p.error = error
                 p.done = True
                 if p.wake is not None:
-                    p.wake.release()
+                    p.next, first = first, p
+            if first is not None:
+                first.wake.release()  # type: ignore[union-attr]
             if self._pending:  # hand over: the oldest waiter leads the next batch, nobody else wakes
                 self._pending[0].wake.release()  # type: ignore[union-attr]  # queued callers have one
             else:

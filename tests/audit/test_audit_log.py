@@ -80,6 +80,51 @@ def test_threads_lose_nothing(tmp_path: Path, durability: str) -> None:
     assert result.ok and result.records == 2000 and result.covered == 2000
 
 
+def test_a_failed_group_commit_reaches_every_waiter_of_its_batch(tmp_path: Path, monkeypatch) -> None:
+    # Waiters are woken in a chain; a batch whose COMMIT fails must still wake every one of them,
+    # each with an error, and the callers after it must carry on with an intact chain.
+    import time
+
+    with AuditLog(tmp_path / "a.db", signer=make_signer()) as log:
+        real = log._write_rows
+        calls = {"n": 0}
+
+        def slow_then_failing(batch, *, force_checkpoint):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                time.sleep(0.2)  # let the other appenders queue up behind this batch's successor
+            if calls["n"] == 4:
+                raise OSError("disk unplugged")
+            return real(batch, force_checkpoint=force_checkpoint)
+
+        monkeypatch.setattr(log, "_write_rows", slow_then_failing)
+        ok: list[int] = []
+        failed: list[str] = []
+        lock = threading.Lock()
+
+        def work(t: int) -> None:
+            for i in range(20):
+                try:
+                    seq = log.append(make_event(t * 100 + i)).seq
+                except StoreError as exc:
+                    with lock:
+                        failed.append(str(exc))
+                else:
+                    with lock:
+                        ok.append(seq)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in threads), "a waiter of the failed batch was never woken"
+    assert len(failed) >= 2 and all("disk unplugged" in f for f in failed)  # a whole batch, not one caller
+    assert len(ok) + len(failed) == 160 and sorted(ok) == list(range(1, len(ok) + 1))
+    assert verify_log(tmp_path / "a.db", trust_for(make_signer())).ok
+
+
 def test_naive_mode_commits_one_record_per_transaction(tmp_path: Path) -> None:
     with AuditLog(tmp_path / "a.db", signer=None, group_commit=False) as log:
         seqs = [log.append(make_event(i)).seq for i in range(10)]
