@@ -32,17 +32,15 @@ from sealinfer.runtime.stream import StreamDecryptor
 
 
 def plaintext_buffer(size: int) -> np.ndarray:
-    """Fresh anonymous memory for decrypted bytes: page-aligned, kept out of core dumps and forks, huge pages.
+    """Fresh anonymous memory for decrypted bytes: page-aligned, kept out of core dumps, huge pages.
 
-    ``MADV_DONTDUMP`` keeps the model's plaintext out of a crash dump. ``MADV_DONTFORK`` keeps it out
-    of children forked while a session is open (the audit verifier and the DP accountant's fork server
-    fork), which never need it. ``MADV_HUGEPAGE`` keeps what
+    ``MADV_DONTDUMP`` keeps the model's plaintext out of a crash dump. ``MADV_HUGEPAGE`` keeps what
     numpy's own allocator does for large arrays: decrypting into fresh 4 KiB pages spends most of its
     time in page faults (about 180 ms against 70 ms for 300 MB on the CI machine, whose kernel grants
     huge pages only on request).
     """
     region = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    for advice in ("MADV_DONTDUMP", "MADV_DONTFORK", "MADV_HUGEPAGE"):
+    for advice in ("MADV_DONTDUMP", "MADV_HUGEPAGE"):
         flag = getattr(mmap, advice, None)
         if flag is not None:
             try:

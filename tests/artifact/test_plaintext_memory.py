@@ -22,25 +22,6 @@ def test_plaintext_buffers_are_excluded_from_core_dumps() -> None:
     assert len(mine) == 1
     flags = re.search(r"VmFlags:(.*)", mine[0])
     assert flags is not None and " dd" in flags.group(1)  # dd = do not include in core dump
-    assert " dc" in flags.group(1)  # dc = do not copy into a forked child
-
-
-@pytest.mark.skipif(not hasattr(mmap, "MADV_DONTFORK"), reason="MADV_DONTFORK is Linux-only")
-def test_a_forked_child_does_not_inherit_plaintext_buffers() -> None:
-    import os
-
-    buf = plaintext_buffer(4 << 20)
-    buf[:] = 7
-    start = buf.ctypes.data
-    pid = os.fork()
-    if pid == 0:  # the child: is anything mapped where the parent's plaintext lives?
-        mapped = any(
-            int(line.split("-", 1)[0], 16) <= start < int(line.split("-", 1)[1].split()[0], 16)
-            for line in Path("/proc/self/maps").read_text().splitlines()
-        )
-        os._exit(1 if mapped else 0)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child inherited the plaintext mapping"
 
 
 def test_plaintext_buffers_are_page_aligned_and_writable() -> None:
