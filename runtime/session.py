@@ -8,6 +8,7 @@ caller finds no commit in progress (group commit), so a lone caller pays one inl
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -51,8 +52,10 @@ class SealedSession:
         # while a run is still inside onnxruntime: runs in flight are counted and close() waits for them.
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
-        # A session dropped without close() (or still open at exit) still has its plaintext zeroed.
-        self._erase = weakref.finalize(self, decrypted.close)
+        # A session dropped without close() (or still open at exit) still has its plaintext zeroed, by
+        # the process that loaded it: a child forked later shares those pages copy-on-write, and zeroing
+        # them there at its exit would only copy them.
+        self._erase = weakref.finalize(self, _erase_in, os.getpid(), decrypted)
         sig = manifest.get("signature_io", {})
         self.inputs = [TensorSpec.from_dict(s) for s in sig.get("inputs", [])]
         self.outputs = [TensorSpec.from_dict(s) for s in sig.get("outputs", [])]
@@ -155,3 +158,8 @@ class SealedSession:
 
     def __repr__(self) -> str:
         return f"SealedSession(name={self.name!r}, version={self.version!r}, device={self._device!r})"
+
+
+def _erase_in(pid: int, decrypted: DecryptedModel) -> None:
+    if os.getpid() == pid:
+        decrypted.close()

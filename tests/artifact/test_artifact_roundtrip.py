@@ -191,6 +191,28 @@ def test_a_session_dropped_without_close_still_erases_its_weights(tmp_path: Path
     assert decrypted.released and decrypted.buffer.size == 0
 
 
+def test_a_forked_child_can_use_a_session_and_leaves_erasing_to_the_loader(tmp_path: Path, keyring: Keyring):
+    # Pre-fork loading (gunicorn --preload style) shares the weights copy-on-write with workers. The
+    # implicit erase at exit belongs to the loading process: in a child it would only copy the pages.
+    import os
+
+    path = models.save(models.mlp(30, 256, 2), tmp_path / "m.onnx")
+    seal_model(path, tmp_path / "m.sealed", keyring=keyring)
+    session = Runtime(keyring).load(tmp_path / "m.sealed")
+    x = np.ones((2, 30), np.float32)
+    expected = session.run({"input": x})["logits"]
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 0 if np.array_equal(session.run({"input": x})["logits"], expected) else 3
+        session._erase()  # what its exit would run
+        code = code or (4 if session._decrypted.released else 0)
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    session.close()
+    assert session._decrypted.released
+
+
 def test_weights_an_optimizer_must_read_are_copied_and_erased_at_once(tmp_path: Path, keyring: Keyring):
     path = _sealed_folded_model(tmp_path, keyring)
     x = np.ones((3, 30), np.float32)
