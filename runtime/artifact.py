@@ -77,7 +77,7 @@ def _recipients_mac(data_key: bytes, salt: bytes, recipients: list[dict[str, Any
 _DROP_BEHIND = 16 << 20
 
 
-def _advise(mm: mmap.mmap, name: str, *span: int) -> None:
+def advise(mm: mmap.mmap, name: str, *span: int) -> None:
     """madvise() where the platform offers it; advice only changes speed and residency, never data."""
     flag = getattr(mmap, name, None)
     if flag is not None:
@@ -341,7 +341,7 @@ class SealedArtifact:
                     f"{self.path} was truncated after it was opened.", hint="Restore a complete copy."
                 )
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                _advise(mm, "MADV_SEQUENTIAL")
+                advise(mm, "MADV_SEQUENTIAL")
                 view = memoryview(mm)
                 try:
                     dropped = self.payload_offset - self.payload_offset % mmap.PAGESIZE
@@ -355,7 +355,7 @@ class SealedArtifact:
                             # Unmap what was read: the ciphertext stays in the page cache, but it is not
                             # counted again on top of the plaintext the caller is building.
                             upto = pos - pos % mmap.PAGESIZE
-                            _advise(mm, "MADV_DONTNEED", dropped, upto - dropped)
+                            advise(mm, "MADV_DONTNEED", dropped, upto - dropped)
                             dropped = upto
                 finally:
                     view.release()

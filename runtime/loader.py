@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
-from sealinfer.runtime.artifact import SealedArtifact, read_manifest
+from sealinfer.runtime.artifact import SealedArtifact, advise, read_manifest
 from sealinfer.runtime.errors import ArtifactError, IntegrityError, ModelError
 from sealinfer.runtime.keys.base import KeyProvider
 from sealinfer.runtime.layout import WEIGHTS_LOCATION, is_sealed_reference, tensor_view
@@ -40,13 +40,8 @@ def plaintext_buffer(size: int) -> np.ndarray:
     huge pages only on request).
     """
     region = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    for advice in ("MADV_DONTDUMP", "MADV_HUGEPAGE"):
-        flag = getattr(mmap, advice, None)
-        if flag is not None:
-            try:
-                region.madvise(flag)
-            except OSError:  # not offered by this kernel: the buffer works, only slower or dumpable
-                pass
+    for name in ("MADV_DONTDUMP", "MADV_HUGEPAGE"):
+        advise(region, name)  # where the kernel lacks one, the buffer still works, only slower or dumpable
     return np.frombuffer(region, dtype=np.uint8, count=size)
 
 
@@ -138,7 +133,6 @@ class DecryptedModel:
     weights_offset: int
     weights_length: int
     released: bool = field(default=False)
-    _values: list[ort.OrtValue] = field(default_factory=list, repr=False)
 
     def _sealed(self) -> list[onnx.TensorProto]:
         return [t for t in self.graph.graph.initializer if is_sealed_reference(t)]
@@ -153,7 +147,7 @@ class DecryptedModel:
         )
 
     def in_place_inputs(self, so: ort.SessionOptions) -> tuple[bytes, list[ort.OrtValue]]:
-        """Graph bytes plus the OrtValues added to ``so``; keep the values as long as the session."""
+        """Graph bytes plus the OrtValues added to ``so``; whoever keeps the session must keep the values."""
         self._require_weights()
         sealed = self._sealed()
         values = [ort.OrtValue.ortvalue_from_numpy(tensor_view(self.buffer, self.weights_offset, t)) for t in sealed]
@@ -166,7 +160,6 @@ class DecryptedModel:
                 for entry in t.external_data:
                     if entry.key == "location":
                         entry.value = _PLACEHOLDER_LOCATION
-        self._values = values
         return graph.SerializeToString(), values
 
     def copied_inputs(self, so: ort.SessionOptions) -> bytes:
@@ -200,7 +193,6 @@ class DecryptedModel:
     def release(self) -> None:
         """Zero the plaintext weights and drop the buffer. Only once no onnxruntime session reads it."""
         if not self.released:
-            self._values = []
             self.buffer.fill(0)
             self.buffer = np.empty(0, dtype=np.uint8)
             self.released = True
@@ -266,7 +258,7 @@ def create_inference_session(
         try:
             session = create(graph, so)
         except _ORT_ERRORS:
-            model._values = []  # an optimizer wanted to read a weight: give onnxruntime a copy instead
+            pass  # an optimizer wanted to read a weight: give onnxruntime a copy instead
         else:
             # Tie the views (and so the mmap) to the session object: the pages stay mapped for as long
             # as anything can reach the session, even if the owner forgets to close it.

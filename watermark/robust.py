@@ -79,6 +79,18 @@ def _steps(level: int, n: int, sizes: np.ndarray) -> np.ndarray:
     return s_eff * np.sqrt(12.0 * np.maximum(sizes, 1))
 
 
+def _phases(p: np.ndarray, level: int, n: int, sizes: np.ndarray, dither: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Each chip's position in its lattice cell, in steps (0 = on its pilot bit's lattice point)."""
+    return p / _steps(level, n, sizes) - dither - bits * 0.5
+
+
+def _lattice_moves(p: np.ndarray, level: int, n: int, sizes: np.ndarray, dither: np.ndarray,
+                   bits: np.ndarray) -> np.ndarray:
+    """The projection change that puts every chip on its nearest lattice point of its pilot bit."""
+    u = _phases(p, level, n, sizes, dither, bits)
+    return (np.round(u) - u) * _steps(level, n, sizes)
+
+
 def _signed(w: np.ndarray, rc: RobustCode) -> np.ndarray:
     std = float(np.std(w, dtype=np.float64)) or 1.0
     return rc.signs * w.reshape(-1).astype(np.float64) / std
@@ -110,9 +122,7 @@ def embed(w: np.ndarray, rc: RobustCode, level: int, v: np.ndarray) -> np.ndarra
     out = w.reshape(-1).astype(np.float64)
     for _ in range(2):  # the move changes the std a little: a second pass lands exactly
         p, sizes = _projections(*_micro_sums(rc, _signed(out, rc)), of_micro, k)
-        step = _steps(level, w.size, sizes)
-        u = p / step - dither - bits * 0.5
-        move = (np.round(u) - u) * step
+        move = _lattice_moves(p, level, w.size, sizes, dither, bits)
         total = np.bincount(chips, weights=v, minlength=k)
         per = move * np.sqrt(np.maximum(sizes, 1)) / np.maximum(total, 1e-12)
         out += per[chips] * v * rc.signs * std
@@ -164,11 +174,7 @@ def shaped_embed(w: np.ndarray, rc: RobustCode, level: int, shaping: Shaping, pr
     std0 = std = float(np.std(out)) or 1.0
     for _ in range(1 if moves is not None else 2):  # the move changes the std a little: a second pass lands
         p, sizes = _projections(*_micro_sums(rc, rc.signs * out / std), of_micro, k)
-        if moves is None:
-            u = p / _steps(level, w.size, sizes) - dither - bits * 0.5
-            move = (np.round(u) - u) * _steps(level, w.size, sizes)
-        else:
-            move = moves
+        move = _lattice_moves(p, level, w.size, sizes, dither, bits) if moves is None else moves
         coef = rc.signs / (std * np.sqrt(np.maximum(sizes, 1))[chips])
         if gram is None:
             gram = _shaped_basis(shaping, keep, chips, coef, k, shape)
@@ -210,7 +216,7 @@ def score(arrays: list[np.ndarray], key: bytes) -> Score:
             tests += 1
             of_micro, dither, bits, k = rc.level(level)
             p, sizes = _projections(sums, counts, of_micro, k)
-            ph = p / _steps(level, a.size, sizes) - dither - bits * 0.5
+            ph = _phases(p, level, a.size, sizes, dither, bits)
             s = float(np.sum(np.cos(2 * np.pi * ph)))
             log_p = -(s * s) / k if s > 0 else 0.0
             if log_p < best.log_p or best.total == 0:
