@@ -47,6 +47,22 @@ def _load_onnx(path: Path) -> Any:
         raise NotOnnxError(f"{path} is not an ONNX model.", hint="Export the model to ONNX first.") from None
 
 
+def _load_probes(path: Path) -> dict[str, Any]:
+    """Probe inputs from an .npz whose arrays are named after the model's inputs (no pickles)."""
+    import numpy as np
+
+    if not path.is_file():
+        raise ConfigurationError(f"{path} does not exist.", hint="Pass an .npz file of probe inputs.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: np.asarray(data[name]) for name in data.files}
+    except (ValueError, OSError) as exc:
+        raise ConfigurationError(
+            f"{path} is not an .npz of arrays ({exc}).",
+            hint="Save it with numpy.savez(path, input=samples), one array per model input.",
+        ) from None
+
+
 @click.group()
 def watermark() -> None:
     """Embed and detect keyed, blind watermarks in ONNX weights."""
@@ -59,17 +75,22 @@ def watermark() -> None:
 @click.option("--payload", required=True, help="Text to embed (UTF-8, at most 32 bytes; e.g. owner + site id).")
 @click.option("--max-relative-change", type=float, default=1e-3, show_default=True,
               help="Largest allowed output change on probe inputs, relative to the mean |output|.")
+@click.option("--probes", type=click.Path(dir_okay=False, path_type=Path),
+              help="An .npz of representative inputs (one array per model input, by name) for the fidelity "
+                   "check and for placing the noise-proof channel; default: generated standard-normal probes.")
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), help=_KEY_FILE_HELP)
 @keyring_option
 @click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
-def embed_cmd(model_in: Path, model_out: Path, payload: str, max_relative_change: float, key_file: Path | None,
-              keyring_path: Path, as_json: bool) -> None:
+def embed_cmd(model_in: Path, model_out: Path, payload: str, max_relative_change: float, probes: Path | None,
+              key_file: Path | None, keyring_path: Path, as_json: bool) -> None:
     """Mark IN.onnx with PAYLOAD and write OUT.onnx, after checking fidelity on probe inputs."""
     from sealinfer import watermark as wm
 
     key_id, key = _key(key_file, keyring_path)
     model = _load_onnx(model_in)
-    marked, receipt = wm.embed(model, key, payload.encode("utf-8"), max_relative_change=max_relative_change)
+    probe_inputs = _load_probes(probes) if probes is not None else None
+    marked, receipt = wm.embed(model, key, payload.encode("utf-8"), max_relative_change=max_relative_change,
+                               probe_inputs=probe_inputs)
     model_out.write_bytes(marked.SerializeToString())
     if as_json:
         echo_json({"output": str(model_out), "key_id": key_id, "commitment": receipt.commitment(),

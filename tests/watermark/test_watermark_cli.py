@@ -162,3 +162,22 @@ def test_watermark_cli_detect_sealed_model(model_file, tmp_path, monkeypatch):
     r = runner.invoke(cli, ["watermark", "detect", str(sealed), "--keyring", str(ring_dir), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["payload"] == "sealed-site"
+
+
+def test_watermark_cli_embed_takes_representative_probes(built, model_file, key_file, tmp_path):
+    import numpy as np
+
+    b = built["mlp"]
+    probes = tmp_path / "probes.npz"
+    np.savez(probes, **{b.model.graph.input[0].name: b.calibration})
+    out = tmp_path / "marked.onnx"
+    args = ["watermark", "embed", str(model_file), "-o", str(out), "--payload", "owner|site-9",
+            "--key-file", str(key_file), "--json"]
+    r = CliRunner().invoke(cli, [*args, "--probes", str(probes)])
+    assert r.exit_code == 0, r.output
+    fidelity = json.loads(r.output)["receipt"]["fidelity"]
+    assert fidelity["probes"] == "supplied" and fidelity["n_probes"] == len(b.calibration)
+
+    (tmp_path / "bad.npz").write_text("not an npz")
+    r = CliRunner().invoke(cli, [*args, "--probes", str(tmp_path / "bad.npz")])
+    assert r.exit_code != 0 and "is not an .npz" in r.output and "Traceback" not in r.output
