@@ -1,48 +1,45 @@
-"""``AuditLog``: the append-only, hash-chained, checkpointed audit database with group commit.
+"""``AuditLog``: the append-only, hash-chained, checkpointed audit log, acknowledged through a journal.
 
-Group commit is leader/follower (DESIGN.md, Stores): the caller that finds no commit in progress
-becomes the leader, takes every pending record, writes them in one transaction and COMMITs inline;
-callers arriving meanwhile queue and wait on a condition, and the next one to wake without a receipt
-leads the next batch. A lone caller pays one inline commit (no hand-off to a writer thread); many
-callers share one. ``append`` returns only after the COMMIT that holds its record, so an acknowledged
-record survives a crash of the process (``process``: WAL with synchronous=NORMAL) or of the machine
-(``power``: synchronous=FULL, the WAL is fsynced at every commit).
+An append is acknowledged once its record is chained and its frame is in the acknowledgement journal
+(:mod:`.journal`): one ``write(2)`` in ``process`` durability (the page cache survives a crash of the
+process), plus ``fdatasync`` in ``power`` durability. Appends group-commit on that journal,
+leader/follower: the caller that finds no write in progress leads, takes every pending record and
+writes them in one call; callers arriving meanwhile queue and wait, and the next one to wake without
+a receipt leads the next batch. A lone caller pays one inline ``write`` and no thread hand-off.
+
+The log's writer thread moves acknowledged records into ``audit.db`` (:mod:`.store`) in batches,
+signs checkpoints there and keeps the WAL short; a journal segment is emptied or deleted only after
+the transaction holding its records has committed. ``flush()`` waits until every acknowledged record
+is in the database; ``close()`` flushes and signs a final checkpoint. After a crash, opening the log
+for writing moves the journal's records in before anything else is appended.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sqlite3
 import threading
 import time
 from _thread import LockType
 from _thread import allocate_lock as _allocate_lock
-from collections.abc import Sequence
-from functools import lru_cache
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from hashlib import sha256
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
 from sealinfer.runtime.audit import schema
-from sealinfer.runtime.audit.checkpoint import Checkpoint, sign_checkpoint
-from sealinfer.runtime.audit.merkle import Frontier, MerkleTree
+from sealinfer.runtime.audit.checkpoint import Checkpoint
+from sealinfer.runtime.audit.journal import AckJournal, Row, frame, read_rows
 from sealinfer.runtime.audit.record import AuditEvent, make_body, rfc3339, uuid7
+from sealinfer.runtime.audit.store import DURABILITY, AuditStore
 from sealinfer.runtime.errors import ConfigurationError, StoreError
 from sealinfer.runtime.keys.signing import Signer
 
-DURABILITY = {"process": "NORMAL", "power": "FULL"}
-_WAL_INTERVAL = 0.5  # seconds between WAL checkpoints (copying the WAL into the main file)
-_INSERT = "INSERT INTO audit_events (seq, body, prev_hash, entry_hash) VALUES (?, ?, ?, ?)"
-_CHUNK = 64  # rows per multi-row INSERT; the statements for 2..64 rows stay in sqlite3's statement cache
-
-
-@lru_cache(maxsize=_CHUNK)
-def _insert_rows(n: int) -> str:
-    return "INSERT INTO audit_events (seq, body, prev_hash, entry_hash) VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
-
-
-_INSERT_CP = "INSERT INTO audit_checkpoints (tree_size, root, time, key_id, signature) VALUES (?, ?, ?, ?, ?)"
+_WAL_INTERVAL = 0.5  # seconds between copies of the WAL into the database file
+_STORE_INTERVAL = 0.05  # the writer stores at least this often while records wait
+_STORE_BATCH = 2048  # ... and at once when this many wait
+_MAX_BACKLOG = 200_000  # appenders wait when this many acknowledged records are not yet stored
 
 
 class AuditReceipt(NamedTuple):
@@ -65,7 +62,7 @@ class _Pending:
 
 
 class AuditLog:
-    """Append-only audit log in one SQLite file. Thread-safe; one writing ``AuditLog`` per file."""
+    """Append-only audit log in one SQLite file and its journal. Thread-safe; one writer per file."""
 
     def __init__(
         self,
@@ -86,87 +83,67 @@ class AuditLog:
         self.path = Path(path)
         self.durability = durability
         self._signer = signer
-        self._every = checkpoint_every
-        self._seconds = checkpoint_seconds
         self._group = group_commit
-        self._conn = schema.connect(self.path, readonly=False)
+        self._store = AuditStore(self.path, signer=signer, durability=durability,
+                                 checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
         try:
-            self._open()
+            self._journal = AckJournal(self.path, sync=durability == "power")
         except BaseException:
-            self._conn.close()
+            self._store.close()
             raise
+        try:
+            self._recover()
+        except BaseException:
+            self._journal.close(all_stored=False)
+            self._store.close()
+            raise
+        self.log_id = self._store.log_id
+        self._size, self._head, self._last_ns = self._store.size, self._store.head, self._store.last_ns
         self._mutex = threading.Lock()
         self._idle = threading.Condition(self._mutex)  # signalled when nobody holds the commit role
+        self._stored_cond = threading.Condition(self._mutex)  # signalled after each store
         self._pending: list[_Pending] = []
+        self._unstored: list[Row] = []
         self._committing = False
         self._closed = False
+        self._store_lock = threading.Lock()  # one storer at a time: the writer thread, flush or close
+        self._store_error: BaseException | None = None
+        self._finished = False
+        self._stale: list[Path] = []  # segments switched away from, deleted once their records are stored
+        self._stored_end = 0  # journal bytes of the open segment whose records are all stored
+        self._wanted = threading.Event()
         self._stop = threading.Event()
-        self._timer = threading.Thread(target=self._tick, name="audit-housekeeping", daemon=True)
-        self._timer.start()
+        self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
+        self._writer.start()
 
-    # --- opening --------------------------------------------------------------------------------
-
-    def _open(self) -> None:
-        conn = self._conn
-        conn.execute("PRAGMA busy_timeout = 10000")
-        log_id = schema.check_kind(conn, self.path)
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"Audit log {self.path} cannot use WAL mode (got {mode}).",
-                             hint="Put the audit log on a local filesystem that supports shared memory.")
-        conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
-        # Copying the WAL back into the database (and its fsync) happens in the housekeeping thread,
-        # never inside an appender's commit: that is what keeps p99 acknowledgement low.
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
-        if log_id is None:
-            log_id = schema.create(conn, rfc3339(time.time_ns()))
-        self.log_id = log_id
-        self._genesis = schema.genesis_hash(log_id)
-        count, last = conn.execute("SELECT count(*), max(seq) FROM audit_events").fetchone()
-        if count != (last or 0):
-            raise schema.AuditSchemaError(
-                f"Audit log {self.path} has {count} records but its last seq is {last}: records were removed.",
-                hint="Run `sealinfer audit verify` and restore the log from the retention archive.")
-        self._size = count
-        self._head = self._genesis
-        self._last_ns = 0
-        if count:
-            body, prev, head, ts = conn.execute(
-                "SELECT CAST(body AS BLOB), prev_hash, entry_hash, time FROM audit_events WHERE seq = ?", [count]
-            ).fetchone()
-            if hashlib.sha256(b"\x00" + schema.leaf_input(count, prev, body)).digest() != head:
+    def _recover(self) -> None:
+        """Move records a crash left in the journal into the database, then start a fresh segment."""
+        store = self._store
+        rows = [row for row in read_rows(self.path) if row.seq > store.size]
+        expected, prev = store.size + 1, store.head
+        for row in rows:
+            if row.seq != expected or row.prev_hash != prev:
                 raise schema.AuditSchemaError(
-                    f"Audit log {self.path}: the last record (seq {count}) does not match its hash.",
-                    hint="Run `sealinfer audit verify` and restore the log from the retention archive.")
-            self._head = head
-            self._last_ns = _parse_ns(ts)
-        leaves = [r[0] for r in conn.execute("SELECT entry_hash FROM audit_events ORDER BY seq")]
-        self._frontier = _frontier_of(leaves)
-        row = conn.execute("SELECT max(tree_size) FROM audit_checkpoints").fetchone()
-        self._cp_size = row[0] or 0
-        self._cp_clock = time.monotonic()
-        if self._signer is not None:
-            self._register_key(self._signer)
-
-    def _register_key(self, signer: Signer) -> None:
-        public = signer.public_key_bytes()
-        row = self._conn.execute("SELECT public_key FROM audit_keys WHERE key_id = ?", [signer.key_id]).fetchone()
-        if row is None:
-            with self._conn:
-                self._conn.execute("INSERT INTO audit_keys (key_id, public_key, added) VALUES (?, ?, ?)",
-                                   [signer.key_id, public, rfc3339(time.time_ns())])
-        elif bytes(row[0]) != public:
-            raise StoreError(f"Audit log {self.path} already knows key id {signer.key_id!r} with another public key.",
-                             hint="Use the keyring that signed this log's checkpoints, or a new key id.")
+                    f"Audit journal of {self.path} does not continue the stored chain at seq {row.seq} "
+                    f"(expected seq {expected}).",
+                    hint="Keep the journal files for investigation, restore the log from the retention "
+                    "archive, and run `sealinfer audit verify`.")
+            expected, prev = row.seq + 1, row.entry_hash
+        for start in range(0, len(rows), _STORE_BATCH):
+            store.store(rows[start:start + _STORE_BATCH], force_checkpoint=start + _STORE_BATCH >= len(rows))
+        if rows:
+            store.last_ns = max(store.last_ns, _body_ns(rows[-1].body))
+        self._journal.remove_stale()
+        self._journal.start()
 
     # --- appending ------------------------------------------------------------------------------
 
     def append(self, event: AuditEvent) -> AuditReceipt:
-        """Append one record; returns after the COMMIT that holds it."""
+        """Append one record; returns once it is acknowledged (chained and durable in the journal)."""
         return self._submit([event])[0]
 
     def append_many(self, events: Sequence[AuditEvent]) -> list[AuditReceipt]:
-        """Append several records in one transaction (imports, benchmarks)."""
+        """Append several records in one journal write (imports, benchmarks)."""
         if not events:
             return []
         return self._submit(list(events))
@@ -176,6 +153,13 @@ class AuditLog:
         with self._mutex:
             if self._closed:
                 raise StoreError(f"Audit log {self.path} is closed.", hint="Open a new AuditLog.")
+            while True:
+                if self._store_error is not None:
+                    raise self._failing()
+                if len(self._unstored) < _MAX_BACKLOG:
+                    break
+                self._wanted.set()  # the database fell behind: wait for the writer, do not grow
+                self._stored_cond.wait(1.0)
             if self._committing:
                 mine.wake = _allocate_lock()
                 mine.wake.acquire()
@@ -192,7 +176,7 @@ class AuditLog:
         if not leader:
             assert mine.wake is not None
             try:
-                mine.wake.acquire()  # released once: either our record is committed or we lead next
+                mine.wake.acquire()  # released once: either our record is written or we lead next
             finally:  # even if interrupted here, the rest of the batch must still be woken
                 if mine.done and mine.next is not None:
                     mine.next.wake.release()  # type: ignore[union-attr]
@@ -201,7 +185,7 @@ class AuditLog:
                 with self._mutex:
                     if self._group:
                         batch, self._pending = self._pending, []
-                    else:  # the naive baseline: one commit per append
+                    else:  # the naive baseline: one write per append
                         batch = [mine]
                         self._pending.remove(mine)
                 leader = True
@@ -210,13 +194,15 @@ class AuditLog:
         if mine.error is not None:
             raise StoreError(f"Audit record not written to {self.path}: {mine.error}",
                              hint="Check disk space and permissions; the request must not proceed unaudited.")
+        if not self._group:  # the naive baseline also waits for its own database commit
+            self.flush()
         return mine.receipts
 
-    def _lead(self, batch: list[_Pending], *, force_checkpoint: bool = False) -> BaseException | None:
-        """Commit ``batch`` (we hold the commit role), wake its waiters, hand the role on or drop it."""
+    def _lead(self, batch: list[_Pending]) -> None:
+        """Write ``batch`` (we hold the commit role), wake its waiters, hand the role on or drop it."""
         error: BaseException | None = None
         try:
-            self._write(batch, force_checkpoint=force_checkpoint)
+            self._write(batch)
         except BaseException as exc:  # every waiter of the batch must learn its record was not written
             error = exc
         with self._mutex:
@@ -230,155 +216,164 @@ class AuditLog:
                     p.next, first = first, p
             if first is not None:
                 first.wake.release()  # type: ignore[union-attr]
-            if self._pending:  # hand over: the oldest waiter leads the next batch, nobody else wakes
-                self._pending[0].wake.release()  # type: ignore[union-attr]  # queued callers have one
-            else:
-                self._committing = False
-                self._idle.notify_all()
-        return error
+            self._release_role()
 
-    def _write(self, batch: list[_Pending], *, force_checkpoint: bool) -> None:
-        if not batch and (self._signer is None or self._size <= self._cp_size):
-            return  # nothing to commit and nothing to sign
-        conn = self._conn
-        if len(batch) == 1 and len(batch[0].payloads) == 1 and not force_checkpoint and not self._pending:
-            # A lone record: its INSERT in autocommit mode is its own transaction, exactly as durable
-            # as BEGIN/INSERT/COMMIT and one statement instead of three (it is the whole cost a lone
-            # caller pays). _write_rows opens a transaction itself if a checkpoint falls due.
-            self._write_rows(batch, force_checkpoint=False)
-            return
-        # BEGIN releases the GIL: callers that were serialising records meanwhile queue up, and the
-        # leader takes them into this same transaction (no sleep, no thread hand-off).
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # No SELECT max(seq) per commit: a second writer shows up as a seq primary-key conflict on
-            # INSERT inside this same transaction (see _write_rows), at no cost to the common case.
-            if self._group:
-                with self._mutex:
-                    if self._pending:
-                        batch.extend(self._pending)
-                        self._pending = []
-            self._write_rows(batch, force_checkpoint=force_checkpoint)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    def _release_role(self) -> None:
+        """Hand the commit role to the oldest waiter, or drop it (call with the mutex held)."""
+        if self._pending:  # the oldest waiter leads the next batch, nobody else wakes
+            self._pending[0].wake.release()  # type: ignore[union-attr]  # queued callers have one
+        else:
+            self._committing = False
+            self._idle.notify_all()
 
-    def _write_rows(self, batch: list[_Pending], *, force_checkpoint: bool) -> None:
+    def _write(self, batch: list[_Pending]) -> None:
+        if self._group:
+            with self._mutex:  # whoever queued while we were waking joins this write
+                if self._pending:
+                    batch.extend(self._pending)
+                    self._pending = []
         now = max(time.time_ns(), self._last_ns)  # times never go backwards along the chain
         ts = rfc3339(now)
         ms = now // 1_000_000
         seq, prev = self._size + 1, self._head
-        frontier = self._frontier.copy()
-        sha = hashlib.sha256
-        rows = []
+        rows: list[Row] = []
+        frames: list[bytes] = []
         for p in batch:
             receipts = []
             for payload in p.payloads:
                 body = make_body(payload, uuid7(ms), ts)
-                entry = sha(b"\x00" + seq.to_bytes(8, "big") + prev + body.encode()).digest()
-                rows.append((seq, body, prev, entry))
-                frontier.append(entry)
+                entry = sha256(b"\x00" + seq.to_bytes(8, "big") + prev + body.encode()).digest()
+                row = Row(seq, body, prev, entry)
+                rows.append(row)
+                frames.append(frame(row))
                 receipts.append(AuditReceipt(seq, entry.hex()))
                 prev = entry
                 seq += 1
             p.receipts = receipts
-        size = seq - 1
-        checkpoint = None
-        if self._signer is not None and size > self._cp_size and (
-            force_checkpoint or size - self._cp_size >= self._every
-            or time.monotonic() - self._cp_clock >= self._seconds
-        ):
-            checkpoint = sign_checkpoint(self._signer, self.log_id, size, frontier.root(), ts)
-        conn = self._conn
-        opened = checkpoint is not None and not conn.in_transaction
-        if opened:  # a lone record that falls due for a checkpoint: both commit together or not at all
-            conn.execute("BEGIN IMMEDIATE")
-        try:
-            if len(rows) == 1:
-                conn.execute(_INSERT, rows[0])
-            else:
-                # One multi-row INSERT per chunk, not executemany: executemany releases and retakes
-                # the GIL at every row, and with many appending threads each release hands the GIL
-                # to another thread, so the leader's commit crawled behind its own followers.
-                for start in range(0, len(rows), _CHUNK):
-                    chunk = rows[start:start + _CHUNK]
-                    conn.execute(_insert_rows(len(chunk)), [v for row in chunk for v in row])
-            if checkpoint is not None:
-                conn.execute(_INSERT_CP, [checkpoint.tree_size, checkpoint.root, checkpoint.time,
-                                          checkpoint.key_id, checkpoint.signature])
-        except sqlite3.IntegrityError:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            last = conn.execute("SELECT max(seq) FROM audit_events").fetchone()[0] or 0
-            raise StoreError(f"Another writer appended to {self.path} (last seq {last}, expected {self._size}).",
-                             hint="Only one process may write an audit log; give each its own file.") from None
-        except BaseException:
-            if opened and conn.in_transaction:  # a transaction _write opened is _write's to roll back
-                conn.execute("ROLLBACK")
-            raise
-        if conn.in_transaction:  # otherwise the lone INSERT was its own (autocommit) transaction
-            conn.execute("COMMIT")
-        self._size, self._head, self._frontier, self._last_ns = size, prev, frontier, now
-        if checkpoint is not None:
-            self._cp_size = size
-            self._cp_clock = time.monotonic()
-
-    # --- checkpoints and closing ----------------------------------------------------------------
-
-    def checkpoint(self) -> None:
-        """Sign a checkpoint now if records were appended since the last one (and commit pending ones)."""
-        if self._signer is None:
-            raise ConfigurationError("This audit log has no signer, so it cannot write checkpoints.",
-                                     hint="Open it with signer=keyring.signer().")
-        self._take_lead_and_flush(final=False)
-
-    def _take_lead_and_flush(self, *, final: bool) -> None:
+        if not rows:
+            return
+        self._journal.write(b"".join(frames))  # the acknowledgement point; nothing advanced if it raises
+        self._size, self._head, self._last_ns = seq - 1, prev, now
         with self._mutex:
-            if self._closed:
-                return
-            if final:  # refuse new appends at once; those already queued are still committed
-                self._closed = True
+            self._unstored.extend(rows)
+            if len(self._unstored) >= _STORE_BATCH:
+                self._wanted.set()
+
+    @contextmanager
+    def _role(self) -> Iterator[None]:
+        """Hold the commit role: no journal write runs meanwhile (for switching segments)."""
+        with self._mutex:
             while self._committing:
                 self._idle.wait()
             self._committing = True
-            batch, self._pending = self._pending, []
-        error = self._lead(batch, force_checkpoint=self._signer is not None)
-        if error is not None:
-            raise StoreError(f"Could not commit the audit log's pending records or checkpoint: {error}",
-                             hint="Check disk space and permissions of the audit log's folder.")
-
-    def _tick(self) -> None:
-        """Housekeeping: copy the WAL into the database and sign time-based checkpoints."""
-        wal = schema.connect(self.path, readonly=False)
         try:
-            wal.execute("PRAGMA busy_timeout = 1000")
-            while not self._stop.wait(min(self._seconds, _WAL_INTERVAL)):
-                try:
-                    wal.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error:  # busy: the next tick retries; readers may hold old snapshots
-                    pass
-                if (self._signer is not None and self._size > self._cp_size
-                        and time.monotonic() - self._cp_clock >= self._seconds):
-                    try:
-                        self._take_lead_and_flush(final=False)
-                    except StoreError:  # the next append or close retries; never kill the process from here
-                        pass
+            yield
         finally:
-            wal.close()
+            with self._mutex:
+                self._release_role()
+
+    # --- storing --------------------------------------------------------------------------------
+
+    def _store_pending(self, *, force_checkpoint: bool = False) -> None:
+        """Move every acknowledged record into the database (one storer at a time)."""
+        with self._store_lock:
+            journal = self._journal
+            with self._role():
+                with self._mutex:
+                    rows, self._unstored = self._unstored, []
+                if not rows and journal.end == self._stored_end:
+                    journal.empty_if_at(self._stored_end)  # all of it is stored: reuse the file
+                old = journal.rotate() if rows else None
+                end = journal.end
+            try:
+                self._store.store(rows, force_checkpoint=force_checkpoint)
+            except BaseException as exc:
+                with self._mutex:
+                    self._unstored[:0] = rows  # still acknowledged, still in the journal: retried
+                    self._store_error = exc
+                    self._stored_cond.notify_all()
+                if old is not None:
+                    self._stale.append(old)
+                raise
+            for path in self._stale + ([old] if old is not None else []):
+                path.unlink(missing_ok=True)
+            self._stale.clear()
+            self._stored_end = end
+            with self._mutex:
+                self._store_error = None
+                self._stored_cond.notify_all()
+
+    def _write_loop(self) -> None:
+        wal_clock = time.monotonic()
+        while not self._stop.is_set():
+            self._wanted.wait(_STORE_INTERVAL)
+            self._wanted.clear()
+            if self._stop.is_set():
+                break
+            due = self._store.checkpoint_due()
+            if self._unstored or due or self._journal.end:  # records to store, or a segment to empty
+                try:
+                    self._store_pending(force_checkpoint=due)
+                except Exception:  # recorded in _store_error: appends fail closed until a retry works
+                    time.sleep(_STORE_INTERVAL)
+            if time.monotonic() - wal_clock >= _WAL_INTERVAL:
+                with self._store_lock:
+                    self._store.copy_wal()
+                wal_clock = time.monotonic()
+
+    def _failing(self) -> StoreError:
+        return StoreError(
+            f"Audit database {self.path} cannot be written ({self._store_error}); acknowledged records are "
+            "safe in its journal and are stored when the database can be written again.",
+            hint="Check disk space and permissions of the audit log's folder; requests are refused until then.")
+
+    def flush(self) -> None:
+        """Return once every record acknowledged so far is in the database (for readers of audit.db)."""
+        if self._finished:  # close() stored everything
+            return
+        try:
+            self._store_pending()
+        except Exception as exc:
+            raise self._failing() from exc
+
+    def checkpoint(self) -> None:
+        """Store every acknowledged record and sign a checkpoint now if records were added since the last."""
+        if self._signer is None:
+            raise ConfigurationError("This audit log has no signer, so it cannot write checkpoints.",
+                                     hint="Open it with signer=keyring.signer().")
+        if self._finished:
+            raise StoreError(f"Audit log {self.path} is closed (its final checkpoint was signed at close).",
+                             hint="Open a new AuditLog.")
+        try:
+            self._store_pending(force_checkpoint=True)
+        except Exception as exc:
+            raise self._failing() from exc
 
     def close(self) -> None:
-        """Commit pending records, sign a final checkpoint (with a signer), and close the file."""
-        if self._closed:
-            return
+        """Store every acknowledged record, sign a final checkpoint (with a signer), and close the files."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True  # refuse new appends; those already queued are still written
+        with self._role():
+            pass  # waits for the last leader
         self._stop.set()
-        self._timer.join()
-        self._take_lead_and_flush(final=True)
+        self._wanted.set()
+        self._writer.join()
+        stored = False
         try:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
-        self._conn.close()
+            self._store_pending(force_checkpoint=self._signer is not None)
+            stored = True
+            with self._store_lock:
+                self._store.copy_wal(truncate=True)
+        except Exception as exc:
+            raise StoreError(f"Could not store the audit log's last records or checkpoint: {exc}; they are "
+                             f"safe in its journal and are stored when {self.path} is next opened.",
+                             hint="Check disk space and permissions of the audit log's folder.") from exc
+        finally:
+            self._journal.close(all_stored=stored)
+            self._store.close()
+            self._finished = True
 
     def __enter__(self) -> AuditLog:
         return self
@@ -391,6 +386,7 @@ class AuditLog:
 
     @property
     def size(self) -> int:
+        """Records acknowledged so far."""
         return self._size
 
     @property
@@ -398,7 +394,7 @@ class AuditLog:
         return self._head.hex()
 
     def latest_checkpoint(self) -> Checkpoint | None:
-        conn = schema.connect(self.path, readonly=True)  # the writer's connection belongs to the leader
+        conn = schema.connect(self.path, readonly=True)  # the store's connection belongs to the writer
         try:
             row = conn.execute(
                 "SELECT tree_size, root, time, key_id, signature FROM audit_checkpoints "
@@ -410,23 +406,8 @@ class AuditLog:
         return Checkpoint(self.log_id, row[0], bytes(row[1]), row[2], row[3], bytes(row[4]))
 
 
-def _parse_ns(text: str) -> int:
+def _body_ns(body: str) -> int:
     from sealinfer.runtime.audit.record import parse_rfc3339
 
-    moment = parse_rfc3339(text)
+    moment = parse_rfc3339(body.split('"time":"', 1)[1].split('"', 1)[0])
     return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
-
-
-def _frontier_of(leaves: list[bytes]) -> Frontier:
-    """The frontier of a tree over ``leaves``, from complete-subtree levels (fast on reopen)."""
-    frontier = Frontier()
-    if not leaves:
-        return frontier
-    tree = MerkleTree(leaves)
-    n, start = len(leaves), 0
-    for height in range(n.bit_length() - 1, -1, -1):
-        if n >> height & 1:
-            frontier.nodes.append((height, tree.levels[height][start >> height]))
-            start += 1 << height
-    frontier.size = n
-    return frontier

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sealinfer.runtime.audit.journal import read_rows
+from sealinfer.runtime.audit.log import AuditLog
 from sealinfer.runtime.audit.verify import verify_log
 
 from .conftest import SEED_KEY, make_signer, trust_for
@@ -31,7 +34,7 @@ def work(t):
     i = 0
     while True:
         r = log.append(make_event(t * 100000 + i))
-        with lock:  # acknowledged: append returned, so it is committed
+        with lock:  # acknowledged: append returned, so it is durable
             out.write(f"{r.seq}\n")
             out.flush()
         i += 1
@@ -57,13 +60,20 @@ def crash_loop(path: Path, iterations: int, seed: int, durability: str = "proces
         lines = out.split("\n")
         acked.update(int(x) for x in lines[:-1])  # the last piece may be a cut line: not acknowledged
         assert child.returncode == -signal.SIGKILL
-        import sqlite3
-
+        # Before anyone reopens the log, every acknowledged record is in the database or its journal ...
         conn = sqlite3.connect(path)
         present = {r[0] for r in conn.execute("SELECT seq FROM audit_events")}
         conn.close()
-        lost = acked - present
+        journaled = {row.seq for row in read_rows(path)}
+        lost = acked - present - journaled
         assert not lost, f"acknowledged records lost after SIGKILL: {sorted(lost)[:10]}"
+        # ... and opening it for writing, as a restarted runtime does, moves them all into the database.
+        AuditLog(path, signer=make_signer(), durability=durability).close()
+        conn = sqlite3.connect(path)
+        present = {r[0] for r in conn.execute("SELECT seq FROM audit_events")}
+        conn.close()
+        assert not acked - present, f"acknowledged records not recovered: {sorted(acked - present)[:10]}"
+        assert not list(read_rows(path)), "the journal was not emptied after recovery"
         result = verify_log(path, trust_for(make_signer()))
         assert result.ok, result.problem
     return len(acked)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import fields
 from pathlib import Path
 
@@ -39,16 +40,20 @@ def test_canonical_json_is_exactly_what_json_dumps_gives(**kw: object) -> None:
     assert event.to_json() == json.dumps(expected, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def test_a_lone_append_that_falls_due_for_a_checkpoint_commits_both(tmp_path: Path) -> None:
+def test_checkpoints_fall_at_exact_multiples_even_when_records_are_stored_in_one_batch(tmp_path: Path) -> None:
     signer = make_signer()
     log = AuditLog(tmp_path / "a.db", signer=signer, checkpoint_every=3)
-    for i in range(7):  # lone appends take the one-statement path; the 3rd and 6th also sign
+    for i in range(7):
         log.append(make_event(i))
+    log.flush()  # all seven reach the database in one transaction, with checkpoints at 3 and 6 inside it
     cp = log.latest_checkpoint()
     assert cp is not None and cp.tree_size == 6
     log.close()
     result = verify_log(tmp_path / "a.db", trust_for(signer))
     assert result.ok and result.records == 7 and result.checkpoints == 3  # 3, 6 and 7 at close
+    sizes = [r[0] for r in sqlite3.connect(tmp_path / "a.db").execute(
+        "SELECT tree_size FROM audit_checkpoints ORDER BY tree_size")]
+    assert sizes == [3, 6, 7]
 
 
 anything = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3) | st.just("f" * 16) | st.just([])

@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from sealinfer.runtime.audit.log import AuditLog
 from sealinfer.runtime.audit.verify import verify_log
 from sealinfer.tests.policy.secure_fixtures import Sealed
 
@@ -27,7 +28,7 @@ CHILD = textwrap.dedent(
     x = np.ones((1, 30), np.float32)
     loads = runs = 0
     while True:
-        session = rt.load(sys.argv[2], caller=svc)   # audited; returns after COMMIT
+        session = rt.load(sys.argv[2], caller=svc)   # audited; returns once its record is durable
         loads += 1
         print("L", loads, flush=True)
         for _ in range(3):
@@ -39,9 +40,11 @@ CHILD = textwrap.dedent(
 )
 
 
-def _counts(db: Path) -> tuple[int, int]:
+def _counts(db: Path, sealed: Sealed) -> tuple[int, int]:
     if not db.exists():
         return 0, 0
+    # Opening the log for writing, as the restarted runtime does, stores what the crash left in its journal.
+    AuditLog(db, signer=sealed.keyring.signer()).close()
     with sqlite3.connect(db) as conn:
         q = "SELECT count(*) FROM audit_events WHERE action = ? AND outcome = 'ok'"
         return conn.execute(q, ["load"]).fetchone()[0], conn.execute(q, ["infer"]).fetchone()[0]
@@ -51,7 +54,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_audit_record(tmp_path: Path, sea
     rng = random.Random(1234)
     db = tmp_path / "audit.db"
     for attempt in range(5):
-        loads_before, runs_before = _counts(db)
+        loads_before, runs_before = _counts(db, sealed)
         proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(sealed.keyring.path), str(sealed.hipaa), str(db), str(sealed.devices)],
             stdout=subprocess.PIPE,
@@ -65,7 +68,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_audit_record(tmp_path: Path, sea
         proc.wait()
         lines = [first, *proc.stdout.read().splitlines()]
         acked = {k: max((int(x.split()[1]) for x in lines if x.startswith(k)), default=0) for k in "LR"}
-        loads, runs = _counts(db)
+        loads, runs = _counts(db, sealed)
         assert loads - loads_before >= acked["L"], f"attempt {attempt}: lost an acknowledged load record"
         assert runs - runs_before >= acked["R"], f"attempt {attempt}: lost an acknowledged inference record"
         result = verify_log(db, sealed.keyring.trust_store())

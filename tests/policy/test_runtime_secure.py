@@ -76,6 +76,7 @@ def test_researcher_asking_for_phi_predictions_is_denied_and_audited(tmp_path: P
     with pytest.raises(AuthorizationError, match="researcher 'r.yang' may not run") as info:
         session.run({"input": X}, caller=RESEARCHER)
     seq = info.value.audit_seq
+    rt.audit_log.flush()  # acknowledged records reach audit.db in batches; readers of the file flush first
     assert rows(tmp_path / "audit.db", f"SELECT actor, decision, outcome FROM audit_events WHERE seq = {seq}") == [
         ("r.yang", "deny", "denied")
     ]
@@ -139,6 +140,7 @@ def test_bad_inputs_are_typed_errors_and_audited(tmp_path: Path, rt: Runtime, se
         session.run(inputs, caller=CLINICIAN)
     assert info.value.hint
     seq = info.value.audit_seq
+    rt.audit_log.flush()  # acknowledged records reach audit.db in batches; readers of the file flush first
     assert rows(tmp_path / "audit.db", f"SELECT outcome, error_code FROM audit_events WHERE seq = {seq}") == [
         ("error", "input_invalid")
     ]

@@ -1,0 +1,138 @@
+"""The acknowledgement journal: records are durable before they reach audit.db, and nothing acked is lost."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sealinfer.runtime.audit import log as log_module
+from sealinfer.runtime.audit.journal import FRAME_OVERHEAD, read_rows, segment_paths
+from sealinfer.runtime.audit.log import AuditLog
+from sealinfer.runtime.audit.schema import AuditSchemaError
+from sealinfer.runtime.audit.verify import verify_log
+from sealinfer.runtime.errors import StoreError
+
+from .conftest import SEED_KEY, make_event, make_signer, trust_for
+
+# A writer that acknowledges 30 records and dies before its writer thread stores any of them.
+CHILD = r"""
+import os, sys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sealinfer.runtime.audit import log as log_module
+from sealinfer.runtime.keys.signing import Signer
+from sealinfer.tests.audit.conftest import make_event
+log_module._STORE_INTERVAL = 3600.0
+signer = Signer("audit-test-1", Ed25519PrivateKey.from_private_bytes(bytes.fromhex(sys.argv[2])))
+log = log_module.AuditLog(sys.argv[1], signer=signer)
+for i in range(30):
+    log.append(make_event(i))
+os._exit(0)
+"""
+
+
+def _db_count(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT count(*) FROM audit_events").fetchone()[0]
+
+
+@pytest.fixture
+def crashed(tmp_path: Path) -> Path:
+    """A folder whose audit log has 5 stored records and 30 more only in its journal."""
+    path = tmp_path / "crashed" / "audit.db"
+    path.parent.mkdir()
+    with AuditLog(path, signer=make_signer()) as log:
+        for i in range(5):
+            log.append(make_event(100 + i))
+    subprocess.run([sys.executable, "-c", CHILD, str(path), SEED_KEY.hex()], check=True)
+    assert _db_count(path) == 5 and len(list(read_rows(path))) == 30
+    return path
+
+
+def _copy(crashed: Path, dest: Path) -> Path:
+    shutil.copytree(crashed.parent, dest)
+    return dest / crashed.name
+
+
+def test_reopening_after_a_crash_stores_the_journal_and_signs_it(crashed: Path) -> None:
+    with AuditLog(crashed, signer=make_signer()) as log:
+        assert log.size == 35
+        assert log.append(make_event(1)).seq == 36
+    assert _db_count(crashed) == 36 and not list(read_rows(crashed))
+    result = verify_log(crashed, trust_for(make_signer()))
+    assert result.ok and result.records == 36 and result.covered == 36
+
+
+def test_a_write_cut_short_by_the_crash_is_dropped(crashed: Path, tmp_path: Path) -> None:
+    for cut in (7, FRAME_OVERHEAD + 10):  # inside a frame header; inside a body
+        path = _copy(crashed, tmp_path / f"cut{cut}")
+        segment = segment_paths(path)[-1]
+        data = segment.read_bytes()
+        segment.write_bytes(data + data[:cut])  # the start of a 31st frame that never finished
+        with AuditLog(path, signer=make_signer()) as log:
+            assert log.size == 35
+        assert verify_log(path, trust_for(make_signer())).ok
+
+
+def test_a_damaged_journal_is_refused_not_skipped(crashed: Path, tmp_path: Path) -> None:
+    path = _copy(crashed, tmp_path / "damaged")
+    segment = segment_paths(path)[-1]
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a record in the middle: acknowledged, now unreadable
+    segment.write_bytes(bytes(data))
+    with pytest.raises(AuditSchemaError, match="damaged at byte"):
+        AuditLog(path, signer=make_signer())
+    assert _db_count(path) == 5  # nothing after the damage was stored out of order
+
+
+def test_flush_makes_acknowledged_records_visible_in_the_database(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(log_module, "_STORE_INTERVAL", 3600.0)
+    with AuditLog(tmp_path / "a.db", signer=make_signer()) as log:
+        for i in range(3):
+            log.append(make_event(i))
+        assert _db_count(tmp_path / "a.db") == 0  # acknowledged, journaled, not yet stored
+        log.flush()
+        assert _db_count(tmp_path / "a.db") == 3
+
+
+def test_a_database_that_cannot_be_written_fails_closed_and_loses_nothing(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "a.db"
+    log = AuditLog(path, signer=make_signer())
+    acked = [log.append(make_event(i)).seq for i in range(4)]
+    real = log._store.store
+
+    def disk_full(rows, *, force_checkpoint=False):
+        raise OSError("database or disk is full")
+
+    monkeypatch.setattr(log._store, "store", disk_full)
+    acked.append(log.append(make_event(4)).seq)
+    with pytest.raises(StoreError, match="disk is full"):
+        log.flush()
+    with pytest.raises(StoreError, match="requests are refused until then"):
+        log.append(make_event(5))  # fail closed: no more acknowledgements while the database is failing
+    monkeypatch.setattr(log._store, "store", real)
+    log.flush()  # the database works again: the held records go in and appends resume
+    acked.append(log.append(make_event(6)).seq)
+    log.close()
+    assert acked == [1, 2, 3, 4, 5, 6]
+    assert _db_count(path) == 6
+    assert verify_log(path, trust_for(make_signer())).ok
+
+
+def test_segments_rotate_and_stored_ones_are_deleted(tmp_path: Path, monkeypatch) -> None:
+    from sealinfer.runtime.audit import journal
+
+    monkeypatch.setattr(journal, "ROTATE_BYTES", 4000)  # ~6 records per segment
+    path = tmp_path / "a.db"
+    with AuditLog(path, signer=make_signer()) as log:
+        for i in range(60):
+            log.append(make_event(i))
+            if i % 10 == 9:
+                log.flush()
+                assert len(segment_paths(path)) == 1  # the segment in use; stored ones are gone
+    assert not segment_paths(path)
+    assert _db_count(path) == 60 and verify_log(path, trust_for(make_signer())).ok
