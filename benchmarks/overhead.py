@@ -1,6 +1,6 @@
 """Per-call cost of the security pipeline: plain onnxruntime vs sealinfer session.run, interleaved.
 
-    python benchmarks/overhead.py [--calls 10000]
+    python benchmarks/overhead.py [--calls 10000] [--only a --only b ...]
 
 For (a) a tiny MLP and (b) a model of a few ms per call, alternates one plain
 ``InferenceSession.run`` with one ``SealedSession.run`` under the HIPAA profile (Cedar authorization,
@@ -200,6 +200,8 @@ def cold_code_probe() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=10_000)
+    ap.add_argument("--only", choices=["a", "b", "c", "b2", "b'"], action="append",
+                    help="run only these models (repeatable); default: all")
     args = ap.parse_args()
     profile = bench_profile()
     with tempfile.TemporaryDirectory(prefix="sealinfer-overhead-") as tmp:
@@ -219,46 +221,20 @@ def main() -> None:
             ring, profile, audit_db=work / "audit.db", telemetry_db=work / "telemetry.db", devices=devices
         ) as rt:
             print("profile: hipaa, audit durability 'process', telemetry on, output rounding on, rate limit off")
-            measure(
-                "(a) tiny MLP 30-64-2, batch 1",
-                tiny,
-                tiny.with_suffix(".sealed"),
-                rt,
-                np.random.default_rng(0).standard_normal((1, 30)).astype(np.float32),
-                args.calls,
-            )
-            measure(
-                "(b) MLP 256-2048x4-10, batch 8 (compute-bound, small I/O)",
-                deep,
-                deep.with_suffix(".sealed"),
-                rt,
-                np.random.default_rng(0).standard_normal((8, 256)).astype(np.float32),
-                args.calls,
-            )
-            measure(
-                "(c) CNN 3x96x96, 4 conv layers of 32 channels (compute-bound, 113 KB of weights)",
-                conv,
-                conv.with_suffix(".sealed"),
-                rt,
-                np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32),
-                args.calls,
-            )
-            measure(
-                "(b2) the same MLP, batch 24 (compute-bound, the upper end of the 1-5 ms range)",
-                deep,
-                deep.with_suffix(".sealed"),
-                rt,
-                np.random.default_rng(0).standard_normal((24, 256)).astype(np.float32),
-                args.calls,
-            )
-            measure(
-                "(b') 3 x 1024x1024 MatMul, batch 48 (I/O-heavy: ~400 KB digested per call)",
-                big,
-                big.with_suffix(".sealed"),
-                rt,
-                np.random.default_rng(0).standard_normal((48, 1024)).astype(np.float32),
-                args.calls,
-            )
+            cases = [
+                ("a", "(a) tiny MLP 30-64-2, batch 1", tiny, (1, 30)),
+                ("b", "(b) MLP 256-2048x4-10, batch 8 (compute-bound, small I/O)", deep, (8, 256)),
+                ("c", "(c) CNN 3x96x96, 4 conv layers of 32 channels (compute-bound, 113 KB of weights)", conv,
+                 (1, 3, 96, 96)),
+                ("b2", "(b2) the same MLP, batch 24 (compute-bound, the upper end of the 1-5 ms range)", deep,
+                 (24, 256)),
+                ("b'", "(b') 3 x 1024x1024 MatMul, batch 48 (I/O-heavy: ~400 KB digested per call)", big,
+                 (48, 1024)),
+            ]
+            for key, label, src, shape in cases:
+                if args.only is None or key in args.only:
+                    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+                    measure(label, src, src.with_suffix(".sealed"), rt, x, args.calls)
         cold_code_probe()
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sealinfer.runtime.audit.record import AuditEvent
+from sealinfer.runtime.audit.template import EventTemplate
 from sealinfer.runtime.errors import (
     InputValidationError,
     ModelError,
@@ -68,6 +69,7 @@ def keyed_digest(key: bytes, tensors: Mapping[str, Any]) -> str:
 
 
 _ONE_SHOT_BYTES = 1 << 16
+_TEMPLATES = 4096  # callers remembered per session; the cache starts over when full
 
 
 @dataclass
@@ -123,6 +125,19 @@ class RequestPipeline:
             **ctx.features,
         }
         self._config = ctx.config_label
+        self._templates: dict[tuple[Caller, str], EventTemplate] = {}
+
+    def _template_for(self, caller: Caller) -> EventTemplate:
+        """The fixed part of this caller's records (validated once, then reused for every request)."""
+        ctx = self._ctx
+        if len(self._templates) >= _TEMPLATES:
+            self._templates.clear()
+        template = EventTemplate(ctx.audit_event(
+            caller, "infer", model_id=self._resource.name, model_version=self._resource.version,
+            model_digest=self._resource.digest, device=self._device,
+        ))
+        self._templates[(caller, ctx.authorizer.policy_version)] = template
+        return template
 
     def run(
         self, session: SealedSession, inputs: Mapping[str, np.ndarray], caller: Caller | None, priority: str
@@ -173,17 +188,14 @@ class RequestPipeline:
             outcome, code = "denied", error.code
         else:
             outcome, code = ("denied" if error.code.startswith(("rate", "quota")) else "error"), error.code
-        event = ctx.audit_event(
-            caller,
-            "infer",
-            model_id=self._resource.name,
-            model_version=self._resource.version,
-            model_digest=self._resource.digest,
+        template = self._templates.get((caller, ctx.authorizer.policy_version))
+        if template is None:
+            template = self._template_for(caller)
+        event = template.render(
             decision="allow" if decision.allowed else "deny",
-            reasons=[*decision.reasons, str(error)] if isinstance(error, InputValidationError) else [*decision.reasons],
+            reasons=[*decision.reasons, str(error)] if isinstance(error, InputValidationError) else decision.reasons,
             outcome=outcome,
             error_code=code,
-            device=self._device,
             input_digest=keyed_digest(ctx.hmac_key, inputs) if isinstance(inputs, Mapping) else None,
             output_digest=keyed_digest(ctx.hmac_key, outputs) if outputs is not None else None,
             latency_us=(t5 - t0) // 1000,

@@ -45,7 +45,12 @@ class Row(NamedTuple):
 
 def frame(row: Row) -> bytes:
     body = row.body.encode()
-    return _HEAD.pack(len(body), row.seq) + row.prev_hash + row.entry_hash + body
+    return frame_bytes(len(body), row.seq.to_bytes(8, "big") + row.prev_hash, row.entry_hash, body)
+
+
+def frame_bytes(length: int, seq_and_prev: bytes, entry: bytes, body: bytes) -> bytes:
+    """A frame from parts the appender has already encoded for the chain hash."""
+    return length.to_bytes(4, "big") + seq_and_prev + entry + body
 
 
 def entry_hash(seq: int, prev_hash: bytes, body: bytes) -> bytes:

@@ -30,15 +30,17 @@ from typing import NamedTuple
 
 from sealinfer.runtime.audit import schema
 from sealinfer.runtime.audit.checkpoint import Checkpoint
-from sealinfer.runtime.audit.journal import AckJournal, Row, frame, read_rows
+from sealinfer.runtime.audit.journal import AckJournal, Row, frame_bytes, read_rows
 from sealinfer.runtime.audit.record import AuditEvent, make_body, rfc3339, uuid7
 from sealinfer.runtime.audit.store import DURABILITY, AuditStore
+from sealinfer.runtime.audit.template import RenderedEvent
 from sealinfer.runtime.errors import ConfigurationError, StoreError
 from sealinfer.runtime.keys.signing import Signer
 
 _WAL_INTERVAL = 0.5  # seconds between copies of the WAL into the database file
-_STORE_INTERVAL = 0.05  # the writer stores at least this often while records wait
-_STORE_BATCH = 2048  # ... and at once when this many wait
+_STORE_BATCH = 1024  # the appender that finds this many records waiting stores them (a few ms, 1 call in ~1000)
+_STORE_DELAY = 0.25  # seconds; records that waited this long are stored by the writer thread
+_STORE_INTERVAL = 0.05  # how often the writer thread looks
 _MAX_BACKLOG = 200_000  # appenders wait when this many acknowledged records are not yet stored
 
 
@@ -111,6 +113,7 @@ class AuditLog:
         self._finished = False
         self._stale: list[Path] = []  # segments switched away from, deleted once their records are stored
         self._stored_end = 0  # journal bytes of the open segment whose records are all stored
+        self._unstored_since = 0.0
         self._wanted = threading.Event()
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
@@ -138,8 +141,11 @@ class AuditLog:
 
     # --- appending ------------------------------------------------------------------------------
 
-    def append(self, event: AuditEvent) -> AuditReceipt:
-        """Append one record; returns once it is acknowledged (chained and durable in the journal)."""
+    def append(self, event: AuditEvent | RenderedEvent) -> AuditReceipt:
+        """Append one record; returns once it is acknowledged (chained and durable in the journal).
+
+        ``event`` is an :class:`AuditEvent`, or the same already rendered by an :class:`EventTemplate`.
+        """
         return self._submit([event])[0]
 
     def append_many(self, events: Sequence[AuditEvent]) -> list[AuditReceipt]:
@@ -148,8 +154,9 @@ class AuditLog:
             return []
         return self._submit(list(events))
 
-    def _submit(self, events: list[AuditEvent]) -> list[AuditReceipt]:
-        mine = _Pending([e.to_json() for e in events])  # validate and serialise outside the lock
+    def _submit(self, events: list[AuditEvent | RenderedEvent]) -> list[AuditReceipt]:
+        # validate and serialise outside the lock; a template's rendering was validated as it was made
+        mine = _Pending([e if type(e) is RenderedEvent else e.to_json() for e in events])  # type: ignore[union-attr]
         with self._mutex:
             if self._closed:
                 raise StoreError(f"Audit log {self.path} is closed.", hint="Open a new AuditLog.")
@@ -196,6 +203,15 @@ class AuditLog:
                              hint="Check disk space and permissions; the request must not proceed unaudited.")
         if not self._group:  # the naive baseline also waits for its own database commit
             self.flush()
+        elif len(self._unstored) >= _STORE_BATCH and self._store_lock.acquire(blocking=False):
+            # Under load, appenders store in turn (our own record is already acknowledged): a thread
+            # of our own storing in the background would fight every appender for the GIL.
+            try:
+                self._store_held()
+            except Exception:  # recorded in _store_error; the next appends fail closed until it clears
+                pass
+            finally:
+                self._store_lock.release()
         return mine.receipts
 
     def _lead(self, batch: list[_Pending]) -> None:
@@ -242,10 +258,11 @@ class AuditLog:
             receipts = []
             for payload in p.payloads:
                 body = make_body(payload, uuid7(ms), ts)
-                entry = sha256(b"\x00" + seq.to_bytes(8, "big") + prev + body.encode()).digest()
-                row = Row(seq, body, prev, entry)
-                rows.append(row)
-                frames.append(frame(row))
+                raw = body.encode()
+                head = seq.to_bytes(8, "big") + prev
+                entry = sha256(b"\x00" + head + raw).digest()
+                rows.append(Row(seq, body, prev, entry))
+                frames.append(frame_bytes(len(raw), head, entry, raw))
                 receipts.append(AuditReceipt(seq, entry.hex()))
                 prev = entry
                 seq += 1
@@ -255,9 +272,9 @@ class AuditLog:
         self._journal.write(b"".join(frames))  # the acknowledgement point; nothing advanced if it raises
         self._size, self._head, self._last_ns = seq - 1, prev, now
         with self._mutex:
+            if not self._unstored:
+                self._unstored_since = time.monotonic()
             self._unstored.extend(rows)
-            if len(self._unstored) >= _STORE_BATCH:
-                self._wanted.set()
 
     @contextmanager
     def _role(self) -> Iterator[None]:
@@ -277,31 +294,35 @@ class AuditLog:
     def _store_pending(self, *, force_checkpoint: bool = False) -> None:
         """Move every acknowledged record into the database (one storer at a time)."""
         with self._store_lock:
-            journal = self._journal
-            with self._role():
-                with self._mutex:
-                    rows, self._unstored = self._unstored, []
-                if not rows and journal.end == self._stored_end:
-                    journal.empty_if_at(self._stored_end)  # all of it is stored: reuse the file
-                old = journal.rotate() if rows else None
-                end = journal.end
-            try:
-                self._store.store(rows, force_checkpoint=force_checkpoint)
-            except BaseException as exc:
-                with self._mutex:
-                    self._unstored[:0] = rows  # still acknowledged, still in the journal: retried
-                    self._store_error = exc
-                    self._stored_cond.notify_all()
-                if old is not None:
-                    self._stale.append(old)
-                raise
-            for path in self._stale + ([old] if old is not None else []):
-                path.unlink(missing_ok=True)
-            self._stale.clear()
-            self._stored_end = end
+            self._store_held(force_checkpoint=force_checkpoint)
+
+    def _store_held(self, *, force_checkpoint: bool = False) -> None:
+        """Move every acknowledged record into the database; the caller holds ``_store_lock``."""
+        journal = self._journal
+        with self._role():
             with self._mutex:
-                self._store_error = None
+                rows, self._unstored = self._unstored, []
+            if not rows and journal.end == self._stored_end:
+                journal.empty_if_at(self._stored_end)  # all of it is stored: reuse the file
+            old = journal.rotate() if rows else None
+            end = journal.end
+        try:
+            self._store.store(rows, force_checkpoint=force_checkpoint)
+        except BaseException as exc:
+            with self._mutex:
+                self._unstored[:0] = rows  # still acknowledged, still in the journal: retried
+                self._store_error = exc
                 self._stored_cond.notify_all()
+            if old is not None:
+                self._stale.append(old)
+            raise
+        for path in self._stale + ([old] if old is not None else []):
+            path.unlink(missing_ok=True)
+        self._stale.clear()
+        self._stored_end = end
+        with self._mutex:
+            self._store_error = None
+            self._stored_cond.notify_all()
 
     def _write_loop(self) -> None:
         wal_clock = time.monotonic()
@@ -311,7 +332,8 @@ class AuditLog:
             if self._stop.is_set():
                 break
             due = self._store.checkpoint_due()
-            if self._unstored or due or self._journal.end:  # records to store, or a segment to empty
+            waited = bool(self._unstored) and time.monotonic() - self._unstored_since >= _STORE_DELAY
+            if waited or due or (self._journal.end and not self._unstored):  # or a stored segment to empty
                 try:
                     self._store_pending(force_checkpoint=due)
                 except Exception:  # recorded in _store_error: appends fail closed until a retry works

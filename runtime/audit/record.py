@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -181,9 +182,35 @@ def _explain(ev: AuditEvent) -> None:
 # --- assigned fields ---------------------------------------------------------------------------
 
 
+class _RandomPool:
+    """``os.urandom`` drawn 4 KiB at a time: one getrandom(2) per ~400 ids instead of one each (it costs
+    ~9 µs in a VM). Refilled after ``fork`` so parent and child never hand out the same bytes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._pos = 0
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if self._pos + n > len(self._buf):
+                self._buf, self._pos = os.urandom(4096), 0
+            out = self._buf[self._pos:self._pos + n]
+            self._pos += n
+            return out
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._buf, self._pos = b"", 0
+
+
+_POOL = _RandomPool()
+os.register_at_fork(after_in_child=_POOL.reset)
+
+
 def uuid7(unix_ms: int) -> str:
     """An RFC 9562 UUIDv7 string: 48-bit Unix milliseconds, version 7, variant 10, 74 random bits."""
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = int.from_bytes(_POOL.take(10), "big")
     value = ((unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) \
         | (0b10 << 62) | (rand & 0x3FFF_FFFF_FFFF_FFFF)
     h = f"{value:032x}"

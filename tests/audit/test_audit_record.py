@@ -7,6 +7,7 @@ import sqlite3
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,3 +68,55 @@ def test_the_fast_validity_check_never_accepts_what_the_full_check_refuses(value
     event = AuditEvent(**values)  # type: ignore[arg-type]
     if _plainly_valid(event):
         _explain(event)  # must not raise: the fast path may only accept what the full check accepts
+
+
+def test_event_ids_stay_unique_across_a_fork() -> None:
+    import os
+
+    from sealinfer.runtime.audit.record import uuid7
+
+    uuid7(0)  # the parent's random pool is now filled; a child must not hand out the same bytes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, "\n".join(uuid7(0) for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    mine = [uuid7(0) for _ in range(50)]
+    with os.fdopen(read) as fh:
+        theirs = fh.read().split("\n")
+    os.waitpid(pid, 0)
+    assert len(set(mine) | set(theirs)) == 100
+    assert all(u[14] == "7" and u[19] in "89ab" for u in mine + theirs)  # version 7, variant 10
+
+
+hexes = st.text(alphabet="0123456789abcdef", min_size=16, max_size=64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(actor=text, tenant=st.none() | text, model=st.none() | text, device=st.none() | text,
+       break_glass=st.booleans(), decision=st.sampled_from(["allow", "deny", "maybe"]),
+       outcome=st.sampled_from(["ok", "denied", "error"]), error_code=st.none() | text,
+       reasons=st.lists(st.text(max_size=20) | st.text(min_size=513, max_size=520), max_size=3),
+       input_digest=st.none() | hexes | st.just("raw patient data"), output_digest=st.none() | hexes,
+       latency=st.integers(0, 10**9))
+def test_a_template_renders_exactly_what_the_event_would(actor, tenant, model, device, break_glass, decision,
+                                                         outcome, error_code, reasons, input_digest,
+                                                         output_digest, latency) -> None:
+    from dataclasses import replace
+
+    from sealinfer.runtime.audit.record import InvalidAuditEventError
+    from sealinfer.runtime.audit.template import EventTemplate
+
+    base = AuditEvent(actor=actor, role="clinician", purpose="treatment", action="infer", model_id=model,
+                      model_version="1", model_digest="ab" * 32, policy_id="hipaa", policy_version="v1",
+                      device=device, tenant=tenant, break_glass=break_glass)
+    varying = dict(decision=decision, reasons=reasons, outcome=outcome, error_code=error_code,
+                   input_digest=input_digest, output_digest=output_digest, latency_us=latency)
+    try:
+        expected = replace(base, **varying).to_json()
+    except InvalidAuditEventError as exc:
+        with pytest.raises(InvalidAuditEventError, match=str(exc).split(" ")[0]):
+            EventTemplate(base).render(**varying)
+    else:
+        assert EventTemplate(base).render(**varying) == expected

@@ -1,0 +1,70 @@
+"""``EventTemplate``: the canonical JSON of one caller's requests to one model, validated once.
+
+A session's requests differ only in decision, reasons, outcome, error code, digests and latency;
+who asked, for what, under which policy and on which device stay the same. The template checks and
+encodes those fixed fields once (through :meth:`AuditEvent.to_json`'s own checks) and then renders
+each request with one string join. ``render`` gives byte for byte what ``AuditEvent.to_json`` gives
+for the same fields (a property test holds it to that); anything it would have to think about
+(a reason too long, a digest that is not hex) goes through the full path and its error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from json.encoder import encode_basestring_ascii as _ascii
+
+from sealinfer.runtime.audit.record import (
+    _HEX_DIGEST,
+    _TEXT_LIMIT,
+    DECISIONS,
+    OUTCOMES,
+    AuditEvent,
+)
+
+
+class RenderedEvent(str):
+    """Canonical event JSON produced by a template (only these may skip ``AuditEvent`` on append)."""
+
+    __slots__ = ()
+
+
+class EventTemplate:
+    """Fixed fields of ``base``; ``render`` supplies the per-request ones."""
+
+    __slots__ = ("_base", "_parts")
+
+    def __init__(self, base: AuditEvent) -> None:
+        self._base = replace(base, decision="allow", reasons=[], outcome="ok", error_code=None, input_digest=None,
+                             output_digest=None, latency_us=0)
+        full = self._base.to_json()  # validates the fixed fields; the markers below split its text
+        markers = ['"decision":"allow"', '"error_code":null', '"input_digest":null', '"latency_us":0',
+                   '"outcome":"ok"', '"output_digest":null', '"reasons":[]']
+        parts: list[str] = []
+        rest = full
+        for marker in markers:
+            head, found, rest = rest.partition(marker)
+            if not found:  # pragma: no cover - to_json's layout changed; the property test fails first
+                raise AssertionError(f"canonical JSON lost field {marker}")
+            key = marker.split(":", 1)[0]
+            parts.append(head + key + ":")
+        parts.append(rest)
+        self._parts = tuple(parts)
+
+    def render(self, *, decision: str, reasons: list[str], outcome: str, error_code: str | None,
+               input_digest: str | None, output_digest: str | None, latency_us: int) -> RenderedEvent:
+        if not (decision in DECISIONS and outcome in OUTCOMES and type(latency_us) is int and latency_us >= 0
+                and (error_code is None or (type(error_code) is str and len(error_code) <= _TEXT_LIMIT))
+                and (input_digest is None or (type(input_digest) is str and _HEX_DIGEST.match(input_digest)))
+                and (output_digest is None or (type(output_digest) is str and _HEX_DIGEST.match(output_digest)))
+                and all(type(r) is str and len(r) <= _TEXT_LIMIT for r in reasons)):
+            # the full path names the problem (or, for a reason list that is merely a tuple, accepts it)
+            return RenderedEvent(replace(self._base, decision=decision, reasons=list(reasons), outcome=outcome,
+                                         error_code=error_code, input_digest=input_digest,
+                                         output_digest=output_digest, latency_us=latency_us).to_json())
+        p = self._parts
+        return RenderedEvent(
+            f'{p[0]}"{decision}"{p[1]}{"null" if error_code is None else _ascii(error_code)}'
+            f'{p[2]}{"null" if input_digest is None else _ascii(input_digest)}{p[3]}{latency_us}'
+            f'{p[4]}"{outcome}"{p[5]}{"null" if output_digest is None else _ascii(output_digest)}'
+            f'{p[6]}[{",".join(map(_ascii, reasons))}]{p[7]}'
+        )
