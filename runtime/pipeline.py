@@ -32,7 +32,7 @@ from sealinfer.runtime.errors import (
 from sealinfer.runtime.policy.authz import AccessDeniedError, Authorizer, ModelResource
 from sealinfer.runtime.policy.guards import OutputGuard
 from sealinfer.runtime.policy.validation import InputValidator
-from sealinfer.runtime.telemetry.record import TelemetryRecord
+from sealinfer.runtime.telemetry.record import TelemetryRecord, features_json
 from sealinfer.runtime.tensorspec import TensorSpec
 
 if TYPE_CHECKING:
@@ -47,28 +47,43 @@ _PROCESS_ID = uuid.uuid4().hex[:12]
 _REQUESTS = itertools.count(1)
 
 
+class TensorDigester:
+    """HMAC-SHA256 over names, dtypes, shapes and bytes: links records to data without revealing it.
+
+    The keyed HMAC state is prepared once and copied per digest: setting up HMAC from the key (and
+    OpenSSL 3 fetching SHA-256 by name) each time cost more than hashing a small request.
+    """
+
+    __slots__ = ("_headers", "_mac")
+
+    def __init__(self, key: bytes) -> None:
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self._headers: dict[tuple[str, Any, tuple[int, ...]], bytes] = {}
+
+    def digest(self, tensors: Mapping[str, Any]) -> str:
+        mac = self._mac.copy()
+        for name in sorted(tensors) if len(tensors) > 1 else tensors:
+            arr = tensors[name]
+            if not isinstance(arr, np.ndarray):
+                mac.update(f"{name}|{type(arr).__name__}|".encode())
+                continue
+            key = (name, arr.dtype, arr.shape)
+            header = self._headers.get(key)
+            if header is None:
+                header = f"{name}|{arr.dtype.str}|{arr.shape}|".encode()
+                if len(self._headers) < _HEADERS:
+                    self._headers[key] = header
+            mac.update(header)
+            mac.update(arr.data if arr.flags.c_contiguous else np.ascontiguousarray(arr).data)
+        return mac.hexdigest()
+
+
 def keyed_digest(key: bytes, tensors: Mapping[str, Any]) -> str:
-    """HMAC-SHA256 over names, dtypes, shapes and bytes: links records to data without revealing it."""
-    parts: list[bytes | memoryview] = []
-    size = 0
-    for name in sorted(tensors):
-        arr = tensors[name]
-        if not isinstance(arr, np.ndarray):
-            parts.append(f"{name}|{type(arr).__name__}|".encode())
-            continue
-        parts.append(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-        data = np.ascontiguousarray(arr).data
-        parts.append(data)
-        size += data.nbytes
-    if size <= _ONE_SHOT_BYTES:  # the usual request: one C call instead of an HMAC object and updates
-        return hmac.digest(key, b"".join(parts), "sha256").hex()
-    mac = hmac.new(key, digestmod=hashlib.sha256)  # large tensors: no concatenated copy
-    for part in parts:
-        mac.update(part)
-    return mac.hexdigest()
+    """``TensorDigester(key).digest(tensors)``, for one-off use."""
+    return TensorDigester(key).digest(tensors)
 
 
-_ONE_SHOT_BYTES = 1 << 16
+_HEADERS = 256  # (name, dtype, shape) headers remembered per digester
 _TEMPLATES = 4096  # callers remembered per session; the cache starts over when full
 
 
@@ -82,6 +97,9 @@ class SecurityContext:
     hmac_key: bytes
     telemetry: TelemetryStore | None = None
     features: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.digester = TensorDigester(self.hmac_key)
 
     @property
     def config_label(self) -> str:
@@ -125,6 +143,7 @@ class RequestPipeline:
             **ctx.features,
         }
         self._config = ctx.config_label
+        self._features_json = features_json(self._features)
         self._templates: dict[tuple[Caller, str], EventTemplate] = {}
 
     def _template_for(self, caller: Caller) -> EventTemplate:
@@ -196,8 +215,8 @@ class RequestPipeline:
             reasons=[*decision.reasons, str(error)] if isinstance(error, InputValidationError) else decision.reasons,
             outcome=outcome,
             error_code=code,
-            input_digest=keyed_digest(ctx.hmac_key, inputs) if isinstance(inputs, Mapping) else None,
-            output_digest=keyed_digest(ctx.hmac_key, outputs) if outputs is not None else None,
+            input_digest=ctx.digester.digest(inputs) if isinstance(inputs, Mapping) else None,
+            output_digest=ctx.digester.digest(outputs) if outputs is not None else None,
             latency_us=(t5 - t0) // 1000,
         )
         receipt = ctx.audit.append(event)  # returns after COMMIT: nothing acknowledged is lost
@@ -214,6 +233,7 @@ class RequestPipeline:
                     error_code=code,
                     config=self._config,
                     features=self._features,
+                    features_json=self._features_json,
                     device=self._device,
                     tenant=caller.tenant or "default",
                     priority=priority,

@@ -40,6 +40,7 @@ class TelemetryRecord:
     total_us: float | None = None
     model_param_bytes: int = 0
     predicted_us: float | None = None
+    features_json: str | None = None  # ``features`` already in canonical JSON (a session's are fixed)
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -55,11 +56,16 @@ class TelemetryRecord:
         """The ``requests`` row in :data:`COLUMNS` order (features as canonical JSON)."""
         return (
             self.ts, self.request_id, self.model, self.model_version, self.model_digest, self.config,
-            json.dumps(self.features, sort_keys=True, separators=(",", ":")), self.device, self.tenant,
+            self.features_json or features_json(self.features), self.device, self.tenant,
             self.priority, self.outcome, self.error_code, self.batch, self.queue_us, self.authorize_us,
             self.validate_us, self.inference_us, self.guard_us, self.record_us, self.total_us,
             self.model_param_bytes, self.predicted_us,
         )
+
+
+def features_json(features: dict[str, Any]) -> str:
+    """The canonical JSON stored in the ``features`` column."""
+    return json.dumps(features, sort_keys=True, separators=(",", ":"))
 
 
 #: Column names of the ``requests`` table, in :meth:`TelemetryRecord.as_row` order.

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _INSERT_REQUEST = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_INLINE_BATCH = 2048  # a recording thread that finds this many buffered writes them itself
 _MIN_MAX = {"total_min": "min", "total_max": "max"}
 
 
@@ -101,9 +102,10 @@ def rollup_rows(records: Iterable[TelemetryRecord]) -> tuple[list[tuple[Any, ...
 class TelemetryStore:
     """Buffered writer of ``telemetry.db``.
 
-    ``record`` costs a lock and a list append; a daemon thread flushes every ``flush_interval_s`` or
-    when ``max_buffer`` records are waiting. If writers outpace the disk by 4 × ``max_buffer``, ``record``
-    flushes inline rather than drop telemetry or grow without bound. ``retention_days`` (if set) deletes
+    ``record`` costs a lock and a list append; a daemon thread flushes every ``flush_interval_s``, and
+    under load the recording thread that finds ``min(max_buffer, 2048)`` records buffered writes them
+    itself. If writers outpace the disk by 4 × ``max_buffer``, ``record`` waits for its turn to write
+    rather than drop telemetry or grow without bound. ``retention_days`` (if set) deletes
     requests and rollups older than that, checked at most once a minute.
     """
 
@@ -125,6 +127,7 @@ class TelemetryStore:
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
         self.max_buffer = max_buffer
+        self._inline_batch = min(max_buffer, _INLINE_BATCH)
         self.retention_days = retention_days
         self._metrics = metrics
         self._conn = self._open(self.path)
@@ -172,10 +175,16 @@ class TelemetryStore:
             pending = len(self._buf)
         if self._metrics is not None:
             self._metrics.observe(rec)
-        if pending >= self.max_buffer:
-            self._wake.set()
-            if pending >= 4 * self.max_buffer:
-                self.flush()
+        if pending >= self._inline_batch:
+            # Under load the recording threads write in turn (rarely: one call in thousands): a flush
+            # thread of our own would fight every request thread for the GIL the whole time.
+            if self._write_lock.acquire(blocking=pending >= 4 * self.max_buffer):
+                try:
+                    self._flush_held()
+                except Exception:  # the flush thread retries and reports; telemetry never fails a request
+                    pass
+                finally:
+                    self._write_lock.release()
 
     def record_many(self, recs: Iterable[TelemetryRecord]) -> None:
         for rec in recs:
@@ -186,18 +195,21 @@ class TelemetryStore:
     def flush(self) -> int:
         """Write everything buffered so far; returns how many requests were written."""
         with self._write_lock:
-            with self._buf_lock:
-                batch, self._buf = self._buf, []
-            if not batch:
-                return 0
-            try:
-                self._write(batch)
-            except BaseException:
-                with self._buf_lock:  # put it back: telemetry is only lost if the process dies
-                    self._buf[:0] = batch
-                raise
-            self._maybe_apply_retention()
-            return len(batch)
+            return self._flush_held()
+
+    def _flush_held(self) -> int:
+        with self._buf_lock:
+            batch, self._buf = self._buf, []
+        if not batch:
+            return 0
+        try:
+            self._write(batch)
+        except BaseException:
+            with self._buf_lock:  # put it back: telemetry is only lost if the process dies
+                self._buf[:0] = batch
+            raise
+        self._maybe_apply_retention()
+        return len(batch)
 
     def _write(self, batch: list[TelemetryRecord]) -> None:
         rollups, hist = rollup_rows(batch)
