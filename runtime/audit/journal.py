@@ -157,9 +157,11 @@ class AckJournal:
     def write(self, data: bytes) -> None:
         """Append frames; on any failure the segment is cut back so no partial frame stays behind."""
         try:
-            view = memoryview(data)
-            while view:  # a regular file takes it all at once unless the disk is full or a signal lands
-                view = view[os.write(self._fd, view):]
+            written = os.write(self._fd, data)
+            if written != len(data):  # a regular file takes it all at once unless the disk is full
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self._fd, view):]
             if self.sync:
                 os.fdatasync(self._fd)
         except BaseException:

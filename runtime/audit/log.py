@@ -107,6 +107,7 @@ class AuditLog:
         self._pending: list[_Pending] = []
         self._unstored: list[Row] = []
         self._committing = False
+        self._role_waiters = 0  # threads waiting in _role(); only they need the idle signal
         self._closed = False
         self._store_lock = threading.Lock()  # one storer at a time: the writer thread, flush or close
         self._store_error: BaseException | None = None
@@ -146,17 +147,46 @@ class AuditLog:
 
         ``event`` is an :class:`AuditEvent`, or the same already rendered by an :class:`EventTemplate`.
         """
-        return self._submit([event])[0]
+        payload = event if type(event) is RenderedEvent else event.to_json()  # type: ignore[union-attr]
+        mutex = self._mutex
+        mutex.acquire()
+        if (self._committing or not self._group or self._closed or self._store_error is not None
+                or len(self._unstored) >= _STORE_BATCH):
+            mutex.release()
+            return self._submit([payload])[0]  # queue behind a writer, fail, wait or store: the general path
+        self._committing = True  # a lone caller: write our own record, no batch bookkeeping
+        mutex.release()
+        now = max(time.time_ns(), self._last_ns)
+        seq, prev = self._size + 1, self._head
+        body = make_body(payload, uuid7(now // 1_000_000), rfc3339(now))
+        raw = body.encode()
+        head = seq.to_bytes(8, "big") + prev
+        entry = sha256(b"\x00" + head + raw).digest()
+        try:
+            self._journal.write(frame_bytes(len(raw), head, entry, raw))
+        except BaseException as exc:
+            with mutex:
+                self._release_role()
+            raise StoreError(f"Audit record not written to {self.path}: {exc}",
+                             hint="Check disk space and permissions; the request must not proceed unaudited.") from exc
+        self._size, self._head, self._last_ns = seq, entry, now
+        with mutex:
+            if not self._unstored:
+                self._unstored_since = time.monotonic()
+            self._unstored.append(Row(seq, body, prev, entry))
+            self._release_role()
+        return AuditReceipt(seq, entry.hex())
 
-    def append_many(self, events: Sequence[AuditEvent]) -> list[AuditReceipt]:
+    def append_many(self, events: Sequence[AuditEvent | RenderedEvent]) -> list[AuditReceipt]:
         """Append several records in one journal write (imports, benchmarks)."""
         if not events:
             return []
-        return self._submit(list(events))
+        # validated and serialised outside the lock; a template's rendering was validated as it was made
+        return self._submit([e if type(e) is RenderedEvent else e.to_json() for e in events])
 
-    def _submit(self, events: list[AuditEvent | RenderedEvent]) -> list[AuditReceipt]:
-        # validate and serialise outside the lock; a template's rendering was validated as it was made
-        mine = _Pending([e if type(e) is RenderedEvent else e.to_json() for e in events])  # type: ignore[union-attr]
+    def _submit(self, payloads: list[str]) -> list[AuditReceipt]:
+        """Append validated canonical event JSON (``to_json`` or a template's rendering)."""
+        mine = _Pending(payloads)
         with self._mutex:
             if self._closed:
                 raise StoreError(f"Audit log {self.path} is closed.", hint="Open a new AuditLog.")
@@ -217,11 +247,16 @@ class AuditLog:
     def _lead(self, batch: list[_Pending]) -> None:
         """Write ``batch`` (we hold the commit role), wake its waiters, hand the role on or drop it."""
         error: BaseException | None = None
+        rows: list[Row] = []
         try:
-            self._write(batch)
+            rows = self._write(batch)
         except BaseException as exc:  # every waiter of the batch must learn its record was not written
             error = exc
         with self._mutex:
+            if rows:
+                if not self._unstored:
+                    self._unstored_since = time.monotonic()
+                self._unstored.extend(rows)
             # Waiters wake one another in a chain rather than all at once: a crowd woken together only
             # queues again for the GIL, and each of those hand-offs is another context switch.
             first: _Pending | None = None
@@ -240,14 +275,15 @@ class AuditLog:
             self._pending[0].wake.release()  # type: ignore[union-attr]  # queued callers have one
         else:
             self._committing = False
-            self._idle.notify_all()
+            if self._role_waiters:
+                self._idle.notify_all()
 
-    def _write(self, batch: list[_Pending]) -> None:
-        if self._group:
-            with self._mutex:  # whoever queued while we were waking joins this write
-                if self._pending:
-                    batch.extend(self._pending)
-                    self._pending = []
+    def _write(self, batch: list[_Pending]) -> list[Row]:
+        """Chain and journal ``batch``; returns its rows (the acknowledgement point is the journal write)."""
+        if self._group and self._pending:  # whoever queued while we were waking joins this write
+            with self._mutex:
+                batch.extend(self._pending)
+                self._pending = []
         now = max(time.time_ns(), self._last_ns)  # times never go backwards along the chain
         ts = rfc3339(now)
         ms = now // 1_000_000
@@ -267,21 +303,21 @@ class AuditLog:
                 prev = entry
                 seq += 1
             p.receipts = receipts
-        if not rows:
-            return
-        self._journal.write(b"".join(frames))  # the acknowledgement point; nothing advanced if it raises
-        self._size, self._head, self._last_ns = seq - 1, prev, now
-        with self._mutex:
-            if not self._unstored:
-                self._unstored_since = time.monotonic()
-            self._unstored.extend(rows)
+        if rows:
+            self._journal.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            self._size, self._head, self._last_ns = seq - 1, prev, now
+        return rows
 
     @contextmanager
     def _role(self) -> Iterator[None]:
         """Hold the commit role: no journal write runs meanwhile (for switching segments)."""
         with self._mutex:
-            while self._committing:
-                self._idle.wait()
+            self._role_waiters += 1
+            try:
+                while self._committing:
+                    self._idle.wait()
+            finally:
+                self._role_waiters -= 1
             self._committing = True
         try:
             yield

@@ -136,3 +136,21 @@ def test_segments_rotate_and_stored_ones_are_deleted(tmp_path: Path, monkeypatch
                 assert len(segment_paths(path)) == 1  # the segment in use; stored ones are gone
     assert not segment_paths(path)
     assert _db_count(path) == 60 and verify_log(path, trust_for(make_signer())).ok
+
+
+def test_a_lone_append_whose_journal_write_fails_is_refused_and_the_chain_goes_on(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    path = tmp_path / "a.db"
+    with AuditLog(path, signer=make_signer()) as log:
+        assert log.append(make_event(0)).seq == 1
+        real = log._journal.write
+
+        def unplugged(data: bytes) -> None:
+            raise OSError("No space left on device")
+
+        monkeypatch.setattr(log._journal, "write", unplugged)
+        with pytest.raises(StoreError, match="No space left"):
+            log.append(make_event(1))
+        monkeypatch.setattr(log._journal, "write", real)
+        assert log.append(make_event(2)).seq == 2  # the refused record took no seq; the writer role was freed
+    assert _db_count(path) == 2 and verify_log(path, trust_for(make_signer())).ok
