@@ -202,6 +202,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=10_000)
     ap.add_argument("--only", choices=["a", "b", "c", "b2", "b'"], action="append",
                     help="run only these models (repeatable); default: all")
+    ap.add_argument("--intra-op-threads", type=int, default=None,
+                    help="onnxruntime threads per session for both contestants (default: one per core)")
     args = ap.parse_args()
     profile = bench_profile()
     with tempfile.TemporaryDirectory(prefix="sealinfer-overhead-") as tmp:
@@ -216,7 +218,8 @@ def main() -> None:
                 src, src.with_suffix(".sealed"), keyring=ring, options=SealOptions(policy_profile="hipaa", phi=True)
             )
         devices = work / "devices.yaml"
-        devices.write_text("devices:\n  - id: cpu0\n    attested: true\n")  # operator's statement, as in the demo
+        threads = f"    intra_op_threads: {args.intra_op_threads}\n" if args.intra_op_threads else ""
+        devices.write_text("devices:\n  - id: cpu0\n    attested: true\n" + threads)  # operator's statement
         with Runtime(
             ring, profile, audit_db=work / "audit.db", telemetry_db=work / "telemetry.db", devices=devices
         ) as rt:

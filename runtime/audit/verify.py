@@ -18,10 +18,12 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sealinfer.runtime.audit import schema
 from sealinfer.runtime.audit.checkpoint import Checkpoint, verify_trusted, verify_with_key
+from sealinfer.runtime.audit.journal import pending_records
 from sealinfer.runtime.audit.merkle import MerkleTree
 from sealinfer.runtime.errors import SealinferError
 from sealinfer.runtime.keys.signing import TrustStore
@@ -194,7 +196,13 @@ def verify_log(
     gc.disable()  # millions of short-lived row tuples: generational GC passes would cost ~10 %
     try:
         leaves, chain_problem, head = _read_chain(db_path, schema.genesis_hash(log_id), last_seq)
-        return assess(log_id, leaves, chain_problem, head, keys, stored, trust_store, external_checkpoints)
+        result = assess(log_id, leaves, chain_problem, head, keys, stored, trust_store, external_checkpoints)
+        waiting = pending_records(Path(db_path), last_seq)
+        if waiting:
+            result.warnings.append(
+                f"{waiting:,} acknowledged record(s) wait in the audit journal and are not in this database yet "
+                "(its writer is running, or crashed): they are stored when the log is next opened for writing")
+        return result
     except sqlite3.DatabaseError as exc:
         return _failed(log_id, f"the database file is corrupt ({exc})")
     finally:

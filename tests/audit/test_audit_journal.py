@@ -59,12 +59,16 @@ def _copy(crashed: Path, dest: Path) -> Path:
 
 
 def test_reopening_after_a_crash_stores_the_journal_and_signs_it(crashed: Path) -> None:
+    before = verify_log(crashed, trust_for(make_signer()))
+    assert before.ok and before.records == 5
+    assert any("30 acknowledged record(s) wait in the audit journal" in w for w in before.warnings)
     with AuditLog(crashed, signer=make_signer()) as log:
         assert log.size == 35
         assert log.append(make_event(1)).seq == 36
     assert _db_count(crashed) == 36 and not list(read_rows(crashed))
     result = verify_log(crashed, trust_for(make_signer()))
     assert result.ok and result.records == 36 and result.covered == 36
+    assert not any("journal" in w for w in result.warnings)
 
 
 def test_a_write_cut_short_by_the_crash_is_dropped(crashed: Path, tmp_path: Path) -> None:
