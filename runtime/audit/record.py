@@ -210,10 +210,9 @@ os.register_at_fork(after_in_child=_POOL.reset)
 
 def uuid7(unix_ms: int) -> str:
     """An RFC 9562 UUIDv7 string: 48-bit Unix milliseconds, version 7, variant 10, 74 random bits."""
-    rand = int.from_bytes(_POOL.take(10), "big")
-    value = ((unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) \
-        | (0b10 << 62) | (rand & 0x3FFF_FFFF_FFFF_FFFF)
-    h = f"{value:032x}"
+    r = _POOL.take(10)
+    h = ((unix_ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
+         + bytes((0x70 | (r[0] & 0x0F), r[1], 0x80 | (r[2] & 0x3F))) + r[3:]).hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -119,6 +119,20 @@ def test_non_finite_values_are_refused_when_the_profile_forbids_them(bad):
     validate_inputs(inputs, SPECS, InputLimits(LIMITS.max_tensor_bytes, LIMITS.max_batch, True))
 
 
+@pytest.mark.parametrize("n", [30, 4096 * 64])  # the sum screen for small tensors, x.x for big ones
+def test_non_finite_screen_is_exact(n: int):
+    specs = [TensorSpec("x", "float32", ("n", 1))]
+    limits = InputLimits(1 << 24, 1 << 20, False)
+    x = np.full((n, 1), 3e38, np.float32)  # finite, but the screen overflows: the exact test must clear it
+    with np.errstate(all="raise"):
+        validate_inputs({"x": x}, specs, limits)
+    for poison in ([np.nan], [np.inf], [-np.inf], [np.inf, -np.inf]):
+        y = np.ones((n, 1), np.float32)
+        y[: len(poison), 0] = poison
+        with pytest.raises(InputValidationError, match="NaN or infinite"):
+            validate_inputs({"x": y}, specs, limits)
+
+
 def test_non_finite_screen_on_large_tensors_is_exact():
     specs = [TensorSpec("x", "float32", ("n", 64))]
     limits = InputLimits(1 << 24, 1 << 20, False)
