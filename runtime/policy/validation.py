@@ -24,7 +24,6 @@ from sealinfer.runtime.tensorspec import Dim, TensorSpec
 
 # Below this many elements isfinite().all() is as fast as the dot-product screen.
 _BLAS_SCREEN_MIN = 16384
-_add_reduce = np.add.reduce
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,17 +153,14 @@ def _validate(
                 hint=f"Split the request into batches of at most {limits.max_batch:,} rows.",
             )
         if spec.check_finite and not limits.allow_nonfinite and x.size:
-            if spec.blas_finite:
-                # Screen: a sum (small tensors: one reduction instead of isfinite + all) or x.x (big
-                # ones: BLAS, no temporary array) is non-finite whenever any element is NaN/Inf.
-                # Overflow of finite values gives a false alarm, which the exact test clears;
-                # errstate keeps that case from warning.
+            if spec.blas_finite and x.size >= _BLAS_SCREEN_MIN:
+                # BLAS screen for big tensors: x.x is non-finite whenever any element is NaN/Inf and
+                # needs no temporary array. Overflow of finite values gives a false alarm, which the
+                # exact test clears; errstate keeps that case from warning. (Small tensors take the
+                # exact test at once: entering errstate costs more than isfinite on a few values.)
+                flat = x.reshape(-1)
                 with np.errstate(over="ignore", invalid="ignore"):
-                    if x.size >= _BLAS_SCREEN_MIN:
-                        flat = x.reshape(-1)
-                        screen = math.isfinite(float(np.dot(flat, flat)))
-                    else:
-                        screen = math.isfinite(_add_reduce(x, axis=None))
+                    screen = math.isfinite(float(np.dot(flat, flat)))
                 finite = screen or bool(np.isfinite(x).all())
             else:
                 finite = bool(np.isfinite(x).all())

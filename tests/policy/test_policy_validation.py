@@ -119,7 +119,7 @@ def test_non_finite_values_are_refused_when_the_profile_forbids_them(bad):
     validate_inputs(inputs, SPECS, InputLimits(LIMITS.max_tensor_bytes, LIMITS.max_batch, True))
 
 
-@pytest.mark.parametrize("n", [30, 4096 * 64])  # the sum screen for small tensors, x.x for big ones
+@pytest.mark.parametrize("n", [30, 4096 * 64])  # the exact test for small tensors, the x.x screen for big ones
 def test_non_finite_screen_is_exact(n: int):
     specs = [TensorSpec("x", "float32", ("n", 1))]
     limits = InputLimits(1 << 24, 1 << 20, False)
