@@ -136,6 +136,13 @@ def verify_archive(path: str | os.PathLike[str], trust_store: TrustStore) -> Ver
             raise AuditIntegrityError(f"Audit archive manifest signature: {exc.message}",
                                       hint=exc.hint or "Use an untampered copy.") from None
         contents = {name: read(name) for name in manifest["files"]}
+        try:  # to the end of the gzip stream, whose CRC then covers every byte, signed or not
+            while tar.fileobj is not None and tar.fileobj.read(1 << 20):
+                pass
+        except (OSError, EOFError, zlib.error) as exc:
+            raise AuditIntegrityError(f"Audit archive {path} is damaged ({type(exc).__name__}: {exc}).",
+                                      hint="The archive was altered or truncated; use another retained copy.",
+                                      ) from None
         for name, digest in manifest["files"].items():
             if hashlib.sha256(contents[name]).hexdigest() != digest:
                 raise AuditIntegrityError(f"Audit archive file {name} does not match the signed manifest.",
