@@ -1,15 +1,18 @@
 """The audit log's acknowledgement journal: where a record is durable before it reaches SQLite.
 
-An append is acknowledged once its frame is in this journal: written with one ``write(2)`` (the
-kernel's page cache survives a crash of the process: ``process`` durability) and, in ``power`` mode,
-``fdatasync``-ed. The log's writer thread moves records from memory into ``audit.db`` in batches
-behind the appenders; a record's frame stays in the journal until the transaction that holds it in
-``audit.db`` has committed. Opening the log for writing moves in whatever a crash left behind.
+An append is acknowledged once its frame is in this journal. Segments are preallocated files mapped
+shared into memory: a frame is copied into the mapping, which is the kernel's page cache, so it
+survives a crash of the process (``process`` durability) without a system call, and the copy never
+releases the GIL, so concurrent appenders do not queue behind one another. In ``power`` durability the
+segment is ``fdatasync``-ed before the append returns. The log's writer moves records from memory into
+``audit.db`` in batches behind the appenders; a segment is deleted only once every record in it is
+stored. Opening the log for writing moves in whatever a crash left behind.
 
-A frame is ``len(body) (4 bytes) | seq (8) | prev_hash (32) | entry_hash (32) | body``, and
-``entry_hash`` is the record's chain hash over ``seq``, ``prev_hash`` and ``body``: every frame
-checks itself, so a frame cut short by a crash (never acknowledged: its ``write`` never returned)
-is recognised and dropped, while damage anywhere before the newest frame is an error.
+A frame is ``len(body) (4 bytes) | seq (8) | prev_hash (32) | entry_hash (32) | body``, padded with
+zeros to a multiple of 8, and ``entry_hash`` is the record's chain hash over ``seq``, ``prev_hash`` and
+``body``: every frame checks itself. The length is written last, so a frame the crash cut short still
+reads as length 0, the end of the segment (it was never acknowledged); a frame with a length that does
+not check out is damage, and refused.
 
 Segments are files ``<db>-ack-<n>``, 0600, next to the database; a lock file makes one writer per log.
 """
@@ -18,9 +21,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import mmap
 import os
 import re
-import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -28,10 +32,9 @@ from typing import NamedTuple
 from sealinfer.runtime.audit import schema
 from sealinfer.runtime.errors import StoreError
 
-_HEAD = struct.Struct(">IQ")
-FRAME_OVERHEAD = _HEAD.size + 64
+FRAME_OVERHEAD = 4 + 8 + 64  # length, seq, prev_hash, entry_hash
 _MAX_BODY = 1 << 20  # a body is a few hundred bytes; anything near this is damage, not a record
-ROTATE_BYTES = 4 << 20  # a segment is replaced once it is this big and its records are stored
+SEGMENT_BYTES = 16 << 20  # preallocated size of a segment (larger if one batch needs more)
 
 
 class Row(NamedTuple):
@@ -45,12 +48,13 @@ class Row(NamedTuple):
 
 def frame(row: Row) -> bytes:
     body = row.body.encode()
-    return frame_bytes(len(body), row.seq.to_bytes(8, "big") + row.prev_hash, row.entry_hash, body)
+    return len(body).to_bytes(4, "big") + frame_rest(row.seq.to_bytes(8, "big") + row.prev_hash, row.entry_hash, body)
 
 
-def frame_bytes(length: int, seq_and_prev: bytes, entry: bytes, body: bytes) -> bytes:
-    """A frame from parts the appender has already encoded for the chain hash."""
-    return length.to_bytes(4, "big") + seq_and_prev + entry + body
+def frame_rest(seq_and_prev: bytes, entry: bytes, body: bytes) -> bytes:
+    """A frame after its length, padded, from parts the appender has already encoded for the chain hash."""
+    pad = -(4 + 72 + len(body)) % 8
+    return seq_and_prev + entry + body + bytes(pad)
 
 
 def entry_hash(seq: int, prev_hash: bytes, body: bytes) -> bytes:
@@ -69,60 +73,44 @@ def segment_paths(db_path: Path) -> list[Path]:
 
 
 def read_rows(db_path: Path) -> Iterator[Row]:
-    """Every intact frame of every segment, in order; a cut-short newest frame ends the last segment."""
-    paths = segment_paths(db_path)
-    for i, path in enumerate(paths):
+    """Every frame of every segment, in order; each segment ends at its first zero length."""
+    for path in segment_paths(db_path):
         data = path.read_bytes()
         offset = 0
-        while offset < len(data):
-            row, size = _parse(data, offset)
+        while len(data) - offset >= 4:
+            length = int.from_bytes(data[offset:offset + 4], "big")
+            if length == 0:
+                break  # the end, or a frame the crash cut short before its length was written
+            row = _parse(data, offset, length)
             if row is None:
-                if i == len(paths) - 1 and _only_a_torn_tail(data, offset):
-                    break  # the write that was cut short by the crash: it was never acknowledged
                 raise schema.AuditSchemaError(
                     f"Audit journal {path} is damaged at byte {offset}: a record that was acknowledged "
                     "cannot be read back.",
                     hint="Keep the file for investigation, restore the log from the retention archive, "
                     "and run `sealinfer audit verify`.")
             yield row
-            offset += size
+            offset += FRAME_OVERHEAD + length + (-(FRAME_OVERHEAD + length) % 8)
 
 
-def _parse(data: bytes, offset: int) -> tuple[Row | None, int]:
-    if len(data) - offset < FRAME_OVERHEAD:
-        return None, 0
-    length, seq = _HEAD.unpack_from(data, offset)
+def _parse(data: bytes, offset: int, length: int) -> Row | None:
     end = offset + FRAME_OVERHEAD + length
     if length > _MAX_BODY or end > len(data):
-        return None, 0
-    prev = data[offset + _HEAD.size: offset + _HEAD.size + 32]
-    entry = data[offset + _HEAD.size + 32: offset + FRAME_OVERHEAD]
+        return None
+    seq = int.from_bytes(data[offset + 4: offset + 12], "big")
+    prev = data[offset + 12: offset + 44]
+    entry = data[offset + 44: offset + FRAME_OVERHEAD]
     body = data[offset + FRAME_OVERHEAD: end]
     if entry_hash(seq, prev, body) != entry:
-        return None, 0
+        return None
     try:
         text = body.decode("ascii")
     except UnicodeDecodeError:
-        return None, 0
-    return Row(seq, text, prev, entry), end - offset
-
-
-def _only_a_torn_tail(data: bytes, offset: int) -> bool:
-    """True if the bytes from ``offset`` are one write cut short, not a damaged record.
-
-    A cut write leaves a prefix of its frames, so the first unreadable frame is the last one and runs
-    past the end of the file (or its header is incomplete); after a power cut the unwritten tail of an
-    unacknowledged write may also read back as zeros.
-    """
-    rest = len(data) - offset
-    if rest < FRAME_OVERHEAD or not any(data[offset:]):
-        return True
-    length, _ = _HEAD.unpack_from(data, offset)
-    return offset + FRAME_OVERHEAD + length > len(data)
+        return None
+    return Row(seq, text, prev, entry)
 
 
 class AckJournal:
-    """The writing side: one open segment, appended with ``O_APPEND``; not thread-safe (the log locks)."""
+    """The writing side: one mapped segment; ``append`` runs under the log's commit role."""
 
     def __init__(self, db_path: Path, *, sync: bool) -> None:
         self.db_path = db_path
@@ -137,74 +125,94 @@ class AckJournal:
         existing = segment_paths(db_path)
         self._number = int(existing[-1].name.rsplit("-", 1)[1]) + 1 if existing else 0
         self._fd = -1
+        self._mm: mmap.mmap | None = None
+        self._size = 0
         self.end = 0
+        self._last_seq = 0
+        self._closed: list[tuple[Path, int]] = []  # full segments and the last seq each holds
+        self._closed_lock = threading.Lock()
 
     def start(self) -> None:
         """Open a fresh segment (after recovery has stored and removed the old ones)."""
-        self._fd = self._open_segment(self._number)
+        self._open_segment(SEGMENT_BYTES)
 
-    def _open_segment(self, number: int) -> int:
-        path = self._path(number)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        if self.sync:  # the new name must survive a power cut too, not only its contents
-            _fsync_dir(self.db_path.parent)
-        self.end = 0
-        return fd
+    def _open_segment(self, size: int) -> None:
+        path = self._path(self._number)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)  # blocks reserved now: no allocation (or ENOSPC) inside an append
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            if self.sync:  # the new name must survive a power cut too, not only its contents
+                _fsync_dir(self.db_path.parent)
+        except OSError as exc:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise StoreError(f"Cannot create audit journal segment {path} ({exc}).",
+                             hint="Free disk space in the audit log's folder.") from exc
+        self._fd, self._mm, self._size, self.end = fd, mm, size, 0
 
     def _path(self, number: int) -> Path:
         return self.db_path.with_name(f"{self.db_path.name}-ack-{number:08d}")
 
-    def write(self, data: bytes) -> None:
-        """Append frames; on any failure the segment is cut back so no partial frame stays behind."""
+    def append(self, frames: list[tuple[int, bytes]], last_seq: int) -> None:
+        """Copy frames (body length, ``frame_rest``) into the segment; durable for ``process`` on return.
+
+        On failure nothing stays behind: the frames written so far are zeroed again.
+        """
+        need = sum(4 + len(rest) for _, rest in frames)
+        if self.end + need > self._size:
+            self._rotate(max(SEGMENT_BYTES, need))
+        mm, start = self._mm, self.end
+        assert mm is not None
+        off = start
         try:
-            written = os.write(self._fd, data)
-            if written != len(data):  # a regular file takes it all at once unless the disk is full
-                view = memoryview(data)[written:]
-                while view:
-                    view = view[os.write(self._fd, view):]
+            for length, rest in frames:
+                mm[off + 4: off + 4 + len(rest)] = rest
+                mm[off: off + 4] = length.to_bytes(4, "big")  # last: until now the frame reads as absent
+                off += 4 + len(rest)
             if self.sync:
                 os.fdatasync(self._fd)
         except BaseException:
-            try:
-                os.ftruncate(self._fd, self.end)
-            except OSError as exc:
-                raise StoreError(f"Audit journal {self._path(self._number)} could not be cut back after a "
-                                 f"failed write ({exc}).",
-                                 hint="Stop the runtime, free disk space, and reopen the log.") from exc
+            mm[start:off] = bytes(off - start)
             raise
-        self.end += len(data)
+        self.end = off
+        self._last_seq = last_seq
 
-    def rotate(self) -> Path | None:
-        """Switch appends to a new segment if this one is big; returns the old one, to delete once stored."""
-        if self.end < ROTATE_BYTES:
-            return None
-        old_fd, old = self._fd, self._path(self._number)
+    def _rotate(self, size: int) -> None:
+        old_fd, old_mm, old = self._fd, self._mm, self._path(self._number)
         self._number += 1
-        self._fd = self._open_segment(self._number)
+        self._open_segment(size)
+        with self._closed_lock:
+            self._closed.append((old, self._last_seq))
+        if old_mm is not None:
+            old_mm.close()
         os.close(old_fd)
-        return old
 
-    def empty_if_at(self, end: int) -> None:
-        """Drop the current segment's contents if nothing was appended after ``end`` (all stored)."""
-        if self.end == end and end:
-            os.ftruncate(self._fd, 0)
-            self.end = 0
+    def drop_stored(self, stored_seq: int) -> None:
+        """Delete full segments whose records are all in the database."""
+        with self._closed_lock:
+            done = [path for path, last in self._closed if last <= stored_seq]
+            self._closed = [(path, last) for path, last in self._closed if last > stored_seq]
+        for path in done:
+            path.unlink(missing_ok=True)
 
     def remove_stale(self) -> None:
-        """Delete every segment but the open one (their records are stored)."""
-        current = self._path(self._number)
+        """Delete every segment on disk (recovery has stored their records); called before ``start``."""
         for path in segment_paths(self.db_path):
-            if path != current:
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         if self.sync:
             _fsync_dir(self.db_path.parent)
 
     def close(self, *, all_stored: bool) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
             if all_stored:
                 self._path(self._number).unlink(missing_ok=True)
+                self.drop_stored(1 << 62)
         os.close(self._lock_fd)
 
 

@@ -71,22 +71,33 @@ def test_reopening_after_a_crash_stores_the_journal_and_signs_it(crashed: Path) 
     assert not any("journal" in w for w in result.warnings)
 
 
-def test_a_write_cut_short_by_the_crash_is_dropped(crashed: Path, tmp_path: Path) -> None:
-    for cut in (7, FRAME_OVERHEAD + 10):  # inside a frame header; inside a body
-        path = _copy(crashed, tmp_path / f"cut{cut}")
-        segment = segment_paths(path)[-1]
-        data = segment.read_bytes()
-        segment.write_bytes(data + data[:cut])  # the start of a 31st frame that never finished
-        with AuditLog(path, signer=make_signer()) as log:
-            assert log.size == 35
-        assert verify_log(path, trust_for(make_signer())).ok
+def _frames_end(segment: Path) -> int:
+    data = segment.read_bytes()
+    offset = 0
+    while int.from_bytes(data[offset:offset + 4], "big"):
+        length = int.from_bytes(data[offset:offset + 4], "big")
+        offset += FRAME_OVERHEAD + length + (-(FRAME_OVERHEAD + length) % 8)
+    return offset
+
+
+def test_a_frame_the_crash_cut_short_is_dropped(crashed: Path, tmp_path: Path) -> None:
+    path = _copy(crashed, tmp_path / "cut")
+    segment = segment_paths(path)[-1]
+    data = bytearray(segment.read_bytes())
+    end = _frames_end(segment)
+    copy_of_last = data[end - 600:end]
+    data[end + 4:end + 4 + len(copy_of_last)] = copy_of_last  # a 31st frame copied in, its length not yet
+    segment.write_bytes(bytes(data))
+    with AuditLog(path, signer=make_signer()) as log:
+        assert log.size == 35
+    assert verify_log(path, trust_for(make_signer())).ok
 
 
 def test_a_damaged_journal_is_refused_not_skipped(crashed: Path, tmp_path: Path) -> None:
     path = _copy(crashed, tmp_path / "damaged")
     segment = segment_paths(path)[-1]
     data = bytearray(segment.read_bytes())
-    data[len(data) // 2] ^= 0x01  # a record in the middle: acknowledged, now unreadable
+    data[_frames_end(segment) // 2] ^= 0x01  # a record in the middle: acknowledged, now unreadable
     segment.write_bytes(bytes(data))
     with pytest.raises(AuditSchemaError, match="damaged at byte"):
         AuditLog(path, signer=make_signer())
@@ -130,7 +141,7 @@ def test_a_database_that_cannot_be_written_fails_closed_and_loses_nothing(tmp_pa
 def test_segments_rotate_and_stored_ones_are_deleted(tmp_path: Path, monkeypatch) -> None:
     from sealinfer.runtime.audit import journal
 
-    monkeypatch.setattr(journal, "ROTATE_BYTES", 4000)  # ~6 records per segment
+    monkeypatch.setattr(journal, "SEGMENT_BYTES", 4096)  # ~6 records per segment
     path = tmp_path / "a.db"
     with AuditLog(path, signer=make_signer()) as log:
         for i in range(60):
@@ -147,14 +158,14 @@ def test_a_lone_append_whose_journal_write_fails_is_refused_and_the_chain_goes_o
     path = tmp_path / "a.db"
     with AuditLog(path, signer=make_signer()) as log:
         assert log.append(make_event(0)).seq == 1
-        real = log._journal.write
+        real = log._journal.append
 
-        def unplugged(data: bytes) -> None:
+        def unplugged(frames, last_seq) -> None:
             raise OSError("No space left on device")
 
-        monkeypatch.setattr(log._journal, "write", unplugged)
+        monkeypatch.setattr(log._journal, "append", unplugged)
         with pytest.raises(StoreError, match="No space left"):
             log.append(make_event(1))
-        monkeypatch.setattr(log._journal, "write", real)
+        monkeypatch.setattr(log._journal, "append", real)
         assert log.append(make_event(2)).seq == 2  # the refused record took no seq; the writer role was freed
     assert _db_count(path) == 2 and verify_log(path, trust_for(make_signer())).ok

@@ -86,18 +86,18 @@ def test_a_failed_group_commit_reaches_every_waiter_of_its_batch(tmp_path: Path,
     import time
 
     with AuditLog(tmp_path / "a.db", signer=make_signer()) as log:
-        real = log._journal.write
+        real = log._journal.append
         calls = {"n": 0}
 
-        def slow_then_failing(data):
+        def slow_then_failing(frames, last_seq):
             calls["n"] += 1
             if calls["n"] == 3:
                 time.sleep(0.2)  # let the other appenders queue up behind this batch's successor
             if calls["n"] == 4:
                 raise OSError("disk unplugged")
-            return real(data)
+            return real(frames, last_seq)
 
-        monkeypatch.setattr(log._journal, "write", slow_then_failing)
+        monkeypatch.setattr(log._journal, "append", slow_then_failing)
         ok: list[int] = []
         failed: list[str] = []
         lock = threading.Lock()
