@@ -1,8 +1,9 @@
 """Audit log benchmarks: group commit on the acknowledgement journal vs one SQLite commit per append,
 verification and reports at 1M records, and the SIGKILL crash loop.
 
-An append is acknowledged once its record is chained and in the audit journal (one write(2) per group
-in `process` durability, plus fdatasync in `power`); the log stores records in audit.db behind that.
+An append is acknowledged once its record is chained and in the audit journal (copied into a shared
+file mapping in `process` durability, plus fdatasync in `power`); the log stores records in audit.db
+behind that.
 The naive baseline acknowledges each append only after its own SQLite COMMIT.
 
     python benchmarks/audit.py                      # full run (a few minutes)

@@ -1,17 +1,18 @@
 """``AuditLog``: the append-only, hash-chained, checkpointed audit log, acknowledged through a journal.
 
 An append is acknowledged once its record is chained and its frame is in the acknowledgement journal
-(:mod:`.journal`): one ``write(2)`` in ``process`` durability (the page cache survives a crash of the
-process), plus ``fdatasync`` in ``power`` durability. Appends group-commit on that journal,
-leader/follower: the caller that finds no write in progress leads, takes every pending record and
-writes them in one call; callers arriving meanwhile queue and wait, and the next one to wake without
-a receipt leads the next batch. A lone caller pays one inline ``write`` and no thread hand-off.
+(:mod:`.journal`): copied into a shared file mapping in ``process`` durability (the page cache
+survives a crash of the process), plus ``fdatasync`` in ``power`` durability. Appends group-commit on
+that journal, leader/follower: the caller that finds no write in progress leads, takes every pending
+record and writes them at once; callers arriving meanwhile queue and wait, and the next one to wake
+without a receipt leads the next batch. A lone caller writes its own record with no hand-off.
 
-The log's writer thread moves acknowledged records into ``audit.db`` (:mod:`.store`) in batches,
-signs checkpoints there and keeps the WAL short; a journal segment is emptied or deleted only after
-the transaction holding its records has committed. ``flush()`` waits until every acknowledged record
-is in the database; ``close()`` flushes and signs a final checkpoint. After a crash, opening the log
-for writing moves the journal's records in before anything else is appended.
+Acknowledged records reach ``audit.db`` (:mod:`.store`) in batches: under load the appender that
+finds enough waiting stores them, otherwise the writer thread; checkpoints are signed there and the
+WAL kept short. A full journal segment is deleted only after the transaction holding its records has
+committed. ``flush()`` waits until every acknowledged record is in the database; ``close()`` flushes
+and signs a final checkpoint. After a crash, opening the log for writing moves the journal's records
+in before anything else is appended.
 """
 
 from __future__ import annotations
