@@ -1,10 +1,10 @@
 """The per-request security pipeline of a session loaded under a policy.
 
     authorize (cached Cedar decision) -> validate inputs -> admit (rate limit) -> inference
-    -> transform outputs (guards) -> record (audit, committed before returning; telemetry, buffered)
+    -> transform outputs (guards) -> record (audit, durable before returning; telemetry, buffered)
 
 Every outcome, including every refusal, leaves exactly one audit record and one telemetry row; the
-caller gets its result only after its audit record is committed. Inputs and outputs appear in the
+caller gets its result only once its audit record is durable. Inputs and outputs appear in the
 record only as HMAC-SHA256 digests under the keyring's audit key, never as data.
 """
 
@@ -146,16 +146,18 @@ class RequestPipeline:
         self._features_json = features_json(self._features)
         self._templates: dict[tuple[Caller, str], EventTemplate] = {}
 
-    def _template_for(self, caller: Caller) -> EventTemplate:
+    def _template(self, caller: Caller) -> EventTemplate:
         """The fixed part of this caller's records (validated once, then reused for every request)."""
         ctx = self._ctx
-        if len(self._templates) >= _TEMPLATES:
-            self._templates.clear()
-        template = EventTemplate(ctx.audit_event(
-            caller, "infer", model_id=self._resource.name, model_version=self._resource.version,
-            model_digest=self._resource.digest, device=self._device,
-        ))
-        self._templates[(caller, ctx.authorizer.policy_version)] = template
+        key = (caller, ctx.authorizer.policy_version)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= _TEMPLATES:
+                self._templates.clear()
+            template = self._templates[key] = EventTemplate(ctx.audit_event(
+                caller, "infer", model_id=self._resource.name, model_version=self._resource.version,
+                model_digest=self._resource.digest, device=self._device,
+            ))
         return template
 
     def run(
@@ -207,10 +209,7 @@ class RequestPipeline:
             outcome, code = "denied", error.code
         else:
             outcome, code = ("denied" if error.code.startswith(("rate", "quota")) else "error"), error.code
-        template = self._templates.get((caller, ctx.authorizer.policy_version))
-        if template is None:
-            template = self._template_for(caller)
-        event = template.render(
+        event = self._template(caller).render(
             decision="allow" if decision.allowed else "deny",
             reasons=[*decision.reasons, str(error)] if isinstance(error, InputValidationError) else decision.reasons,
             outcome=outcome,
@@ -219,7 +218,7 @@ class RequestPipeline:
             output_digest=ctx.digester.digest(outputs) if outputs is not None else None,
             latency_us=(t5 - t0) // 1000,
         )
-        receipt = ctx.audit.append(event)  # returns after COMMIT: nothing acknowledged is lost
+        receipt = ctx.audit.append(event)  # returns once durable: nothing acknowledged is lost
         t6 = time.perf_counter_ns()
         if ctx.telemetry is not None:
             ctx.telemetry.record(

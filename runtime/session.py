@@ -2,8 +2,8 @@
 
 Phases of a call (each timed into telemetry): authorize -> validate -> inference -> guard -> record.
 The security phases are built to cost microseconds: authorization is a cached dict lookup, input
-validation is a handful of numpy attribute checks, and the audit record is committed by whichever
-caller finds no commit in progress (group commit), so a lone caller pays one inline commit.
+validation is a handful of numpy attribute checks, and the audit record is acknowledged once it is
+copied into the audit log's journal (no system call in ``process`` durability; see ``audit/log.py``).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class SealedSession:
         """Run the model on ``inputs``; outputs are bit-identical to plain onnxruntime on the same model.
 
         Under a policy, ``caller`` is required: the call is authorized, validated, guarded, audited
-        (returns only after its audit record is committed) and timed into telemetry.
+        (returns only once its audit record is durable) and timed into telemetry.
         """
         if self._closed:
             raise SealinferError("This session is closed.", hint="Load the model again with Runtime.load().")

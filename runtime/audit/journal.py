@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from sealinfer.runtime.audit import schema
+from sealinfer.runtime.audit.merkle import leaf_hash
 from sealinfer.runtime.errors import StoreError
 
 FRAME_OVERHEAD = 4 + 8 + 64  # length, seq, prev_hash, entry_hash
@@ -46,19 +47,22 @@ class Row(NamedTuple):
     entry_hash: bytes
 
 
-def frame(row: Row) -> bytes:
-    body = row.body.encode()
-    return len(body).to_bytes(4, "big") + frame_rest(row.seq.to_bytes(8, "big") + row.prev_hash, row.entry_hash, body)
+def frame_size(length: int) -> int:
+    """Bytes a frame with a body of ``length`` bytes takes, padding included."""
+    return FRAME_OVERHEAD + length + (-(FRAME_OVERHEAD + length) % 8)
 
 
-def frame_rest(seq_and_prev: bytes, entry: bytes, body: bytes) -> bytes:
-    """A frame after its length, padded, from parts the appender has already encoded for the chain hash."""
-    pad = -(4 + 72 + len(body)) % 8
-    return seq_and_prev + entry + body + bytes(pad)
+def chain_frame(seq: int, prev_hash: bytes, body: str) -> tuple[Row, tuple[int, bytes]]:
+    """The record after ``prev_hash`` and its frame as (body length, everything after the length).
 
-
-def entry_hash(seq: int, prev_hash: bytes, body: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + schema.leaf_input(seq, prev_hash, body)).digest()
+    The entry hash is ``merkle.leaf_hash(schema.leaf_input(...))`` written out, because this runs on
+    every append and its encoded parts are reused for the frame.
+    """
+    raw = body.encode()
+    head = seq.to_bytes(8, "big") + prev_hash
+    entry = hashlib.sha256(b"\x00" + head + raw).digest()
+    rest = head + entry + raw + bytes(frame_size(len(raw)) - FRAME_OVERHEAD - len(raw))
+    return Row(seq, body, prev_hash, entry), (len(raw), rest)
 
 
 def segment_paths(db_path: Path) -> list[Path]:
@@ -89,7 +93,7 @@ def read_rows(db_path: Path) -> Iterator[Row]:
                     hint="Keep the file for investigation, restore the log from the retention archive, "
                     "and run `sealinfer audit verify`.")
             yield row
-            offset += FRAME_OVERHEAD + length + (-(FRAME_OVERHEAD + length) % 8)
+            offset += frame_size(length)
 
 
 def _parse(data: bytes, offset: int, length: int) -> Row | None:
@@ -100,7 +104,7 @@ def _parse(data: bytes, offset: int, length: int) -> Row | None:
     prev = data[offset + 12: offset + 44]
     entry = data[offset + 44: offset + FRAME_OVERHEAD]
     body = data[offset + FRAME_OVERHEAD: end]
-    if entry_hash(seq, prev, body) != entry:
+    if leaf_hash(schema.leaf_input(seq, prev, body)) != entry:
         return None
     try:
         text = body.decode("ascii")
@@ -127,7 +131,7 @@ class AckJournal:
         self._fd = -1
         self._mm: mmap.mmap | None = None
         self._size = 0
-        self.end = 0
+        self._end = 0
         self._last_seq = 0
         self._closed: list[tuple[Path, int]] = []  # full segments and the last seq each holds
         self._closed_lock = threading.Lock()
@@ -149,20 +153,20 @@ class AckJournal:
             path.unlink(missing_ok=True)
             raise StoreError(f"Cannot create audit journal segment {path} ({exc}).",
                              hint="Free disk space in the audit log's folder.") from exc
-        self._fd, self._mm, self._size, self.end = fd, mm, size, 0
+        self._fd, self._mm, self._size, self._end = fd, mm, size, 0
 
     def _path(self, number: int) -> Path:
         return self.db_path.with_name(f"{self.db_path.name}-ack-{number:08d}")
 
     def append(self, frames: list[tuple[int, bytes]], last_seq: int) -> None:
-        """Copy frames (body length, ``frame_rest``) into the segment; durable for ``process`` on return.
+        """Copy frames (as ``chain_frame`` makes them) into the segment; durable for ``process`` on return.
 
         On failure nothing stays behind: the frames written so far are zeroed again.
         """
-        need = sum(4 + len(rest) for _, rest in frames)
-        if self.end + need > self._size:
+        need = sum(frame_size(length) for length, _ in frames)
+        if self._end + need > self._size:
             self._rotate(max(SEGMENT_BYTES, need))
-        mm, start = self._mm, self.end
+        mm, start = self._mm, self._end
         assert mm is not None
         off = start
         try:
@@ -175,7 +179,7 @@ class AckJournal:
         except BaseException:
             mm[start:off] = bytes(off - start)
             raise
-        self.end = off
+        self._end = off
         self._last_seq = last_seq
 
     def _rotate(self, size: int) -> None:

@@ -17,6 +17,7 @@ in before anything else is appended.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -24,15 +25,14 @@ from _thread import LockType
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from hashlib import sha256
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
 from sealinfer.runtime.audit import schema
 from sealinfer.runtime.audit.checkpoint import Checkpoint
-from sealinfer.runtime.audit.journal import AckJournal, Row, frame_rest, read_rows
-from sealinfer.runtime.audit.record import AuditEvent, make_body, rfc3339, uuid7
+from sealinfer.runtime.audit.journal import AckJournal, Row, chain_frame, read_rows
+from sealinfer.runtime.audit.record import AuditEvent, make_body, rfc3339, rfc3339_ns, uuid7
 from sealinfer.runtime.audit.store import DURABILITY, AuditStore
 from sealinfer.runtime.audit.template import RenderedEvent
 from sealinfer.runtime.errors import ConfigurationError, StoreError
@@ -135,7 +135,7 @@ class AuditLog:
         for start in range(0, len(rows), _STORE_BATCH):
             store.store(rows[start:start + _STORE_BATCH], force_checkpoint=start + _STORE_BATCH >= len(rows))
         if rows:
-            store.last_ns = max(store.last_ns, _body_ns(rows[-1].body))
+            store.last_ns = max(store.last_ns, rfc3339_ns(json.loads(rows[-1].body)["time"]))
         self._journal.remove_stale()
         self._journal.start()
 
@@ -156,25 +156,19 @@ class AuditLog:
         self._committing = True  # a lone caller: write our own record, no batch bookkeeping
         mutex.release()
         now = max(time.time_ns(), self._last_ns)
-        seq, prev = self._size + 1, self._head
-        body = make_body(payload, uuid7(now // 1_000_000), rfc3339(now))
-        raw = body.encode()
-        head = seq.to_bytes(8, "big") + prev
-        entry = sha256(b"\x00" + head + raw).digest()
+        seq = self._size + 1
+        row, framed = chain_frame(seq, self._head, make_body(payload, uuid7(now // 1_000_000), rfc3339(now)))
         try:
-            self._journal.append([(len(raw), frame_rest(head, entry, raw))], seq)
+            self._journal.append([framed], seq)
         except BaseException as exc:
             with mutex:
                 self._release_role()
-            raise StoreError(f"Audit record not written to {self.path}: {exc}",
-                             hint="Check disk space and permissions; the request must not proceed unaudited.") from exc
-        self._size, self._head, self._last_ns = seq, entry, now
+            raise self._not_written(exc) from exc
+        self._size, self._head, self._last_ns = seq, row.entry_hash, now
         with mutex:
-            if not self._unstored:
-                self._unstored_since = time.monotonic()
-            self._unstored.append(Row(seq, body, prev, entry))
+            self._queue([row])
             self._release_role()
-        return AuditReceipt(seq, entry.hex())
+        return AuditReceipt(seq, row.entry_hash.hex())
 
     def append_many(self, events: Sequence[AuditEvent | RenderedEvent]) -> list[AuditReceipt]:
         """Append several records in one journal write (imports, benchmarks)."""
@@ -228,8 +222,7 @@ class AuditLog:
         if leader:
             self._lead(batch)
         if mine.error is not None:
-            raise StoreError(f"Audit record not written to {self.path}: {mine.error}",
-                             hint="Check disk space and permissions; the request must not proceed unaudited.")
+            raise self._not_written(mine.error)
         if not self._group:  # the naive baseline also waits for its own database commit
             self.flush()
         elif len(self._unstored) >= _STORE_BATCH and self._store_lock.acquire(blocking=False):
@@ -253,9 +246,7 @@ class AuditLog:
             error = exc
         with self._mutex:
             if rows:
-                if not self._unstored:
-                    self._unstored_since = time.monotonic()
-                self._unstored.extend(rows)
+                self._queue(rows)
             # Waiters wake one another in a chain rather than all at once: a crowd woken together only
             # queues again for the GIL, and each of those hand-offs is another context switch.
             first: _Pending | None = None
@@ -267,6 +258,16 @@ class AuditLog:
             if first is not None:
                 first.wake.release()  # type: ignore[union-attr]
             self._release_role()
+
+    def _queue(self, rows: list[Row]) -> None:
+        """Hand acknowledged rows to storing (call with the mutex held)."""
+        if not self._unstored:
+            self._unstored_since = time.monotonic()
+        self._unstored.extend(rows)
+
+    def _not_written(self, cause: BaseException) -> StoreError:
+        return StoreError(f"Audit record not written to {self.path}: {cause}",
+                          hint="Check disk space and permissions; the request must not proceed unaudited.")
 
     def _release_role(self) -> None:
         """Hand the commit role to the oldest waiter, or drop it (call with the mutex held)."""
@@ -292,14 +293,11 @@ class AuditLog:
         for p in batch:
             receipts = []
             for payload in p.payloads:
-                body = make_body(payload, uuid7(ms), ts)
-                raw = body.encode()
-                head = seq.to_bytes(8, "big") + prev
-                entry = sha256(b"\x00" + head + raw).digest()
-                rows.append(Row(seq, body, prev, entry))
-                frames.append((len(raw), frame_rest(head, entry, raw)))
-                receipts.append(AuditReceipt(seq, entry.hex()))
-                prev = entry
+                row, framed = chain_frame(seq, prev, make_body(payload, uuid7(ms), ts))
+                rows.append(row)
+                frames.append(framed)
+                receipts.append(AuditReceipt(seq, row.entry_hash.hex()))
+                prev = row.entry_hash
                 seq += 1
             p.receipts = receipts
         if rows:
@@ -450,10 +448,3 @@ class AuditLog:
         if row is None:
             return None
         return Checkpoint(self.log_id, row[0], bytes(row[1]), row[2], row[3], bytes(row[4]))
-
-
-def _body_ns(body: str) -> int:
-    from sealinfer.runtime.audit.record import parse_rfc3339
-
-    moment = parse_rfc3339(body.split('"time":"', 1)[1].split('"', 1)[0])
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000

@@ -245,6 +245,12 @@ def parse_rfc3339(text: str) -> datetime:
         raise StoreError(f"{text!r} is not an RFC 3339 time.", hint="Use e.g. 2026-01-31T00:00:00Z.") from None
 
 
+def rfc3339_ns(text: str) -> int:
+    """Nanoseconds since the epoch of a time in the log's format (microsecond precision)."""
+    moment = parse_rfc3339(text)
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
 def make_body(event_json: str, event_id: str, time_text: str) -> str:
     """The canonical body: assigned fields first, then the event's sorted fields."""
     return f'{{"event_id":"{event_id}","time":"{time_text}","v":{FORMAT_VERSION},{event_json[1:]}'

@@ -8,7 +8,6 @@ signs a checkpoint every ``checkpoint_every`` records (exactly at those tree siz
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -18,8 +17,8 @@ from pathlib import Path
 from sealinfer.runtime.audit import schema
 from sealinfer.runtime.audit.checkpoint import Checkpoint, sign_checkpoint
 from sealinfer.runtime.audit.journal import Row
-from sealinfer.runtime.audit.merkle import Frontier, MerkleTree
-from sealinfer.runtime.audit.record import parse_rfc3339, rfc3339
+from sealinfer.runtime.audit.merkle import Frontier, MerkleTree, leaf_hash
+from sealinfer.runtime.audit.record import rfc3339, rfc3339_ns
 from sealinfer.runtime.errors import StoreError
 from sealinfer.runtime.keys.signing import Signer
 
@@ -75,13 +74,12 @@ class AuditStore:
             body, prev, head, ts = conn.execute(
                 "SELECT CAST(body AS BLOB), prev_hash, entry_hash, time FROM audit_events WHERE seq = ?", [count]
             ).fetchone()
-            if hashlib.sha256(b"\x00" + schema.leaf_input(count, prev, body)).digest() != head:
+            if leaf_hash(schema.leaf_input(count, prev, body)) != head:
                 raise schema.AuditSchemaError(
                     f"Audit log {self.path}: the last record (seq {count}) does not match its hash.",
                     hint="Run `sealinfer audit verify` and restore the log from the retention archive.")
             self.head = head
-            moment = parse_rfc3339(ts)
-            self.last_ns = int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+            self.last_ns = rfc3339_ns(ts)
         leaves = [r[0] for r in conn.execute("SELECT entry_hash FROM audit_events ORDER BY seq")]
         self._frontier = _frontier_of(leaves)
         row = conn.execute("SELECT max(tree_size) FROM audit_checkpoints").fetchone()
