@@ -150,9 +150,9 @@ class AuditLog:
         mutex = self._mutex
         mutex.acquire()
         if (self._committing or not self._group or self._closed or self._store_error is not None
-                or len(self._unstored) >= _STORE_BATCH):
+                or len(self._unstored) >= _MAX_BACKLOG):
             mutex.release()
-            return self._submit([payload])[0]  # queue behind a writer, fail, wait or store: the general path
+            return self._submit([payload])[0]  # queue behind a writer, fail, or wait: the general path
         self._committing = True  # a lone caller: write our own record, no batch bookkeeping
         mutex.release()
         now = max(time.time_ns(), self._last_ns)
@@ -168,6 +168,8 @@ class AuditLog:
         with mutex:
             self._queue([row])
             self._release_role()
+        if len(self._unstored) >= _STORE_BATCH:
+            self._store_if_idle()
         return AuditReceipt(seq, row.entry_hash.hex())
 
     def append_many(self, events: Sequence[AuditEvent | RenderedEvent]) -> list[AuditReceipt]:
@@ -225,16 +227,25 @@ class AuditLog:
             raise self._not_written(mine.error)
         if not self._group:  # the naive baseline also waits for its own database commit
             self.flush()
-        elif len(self._unstored) >= _STORE_BATCH and self._store_lock.acquire(blocking=False):
-            # Under load, appenders store in turn (our own record is already acknowledged): a thread
-            # of our own storing in the background would fight every appender for the GIL.
+        elif len(self._unstored) >= _STORE_BATCH:
+            self._store_if_idle()
+        return mine.receipts
+
+    def _store_if_idle(self) -> None:
+        """Store the waiting records unless another thread already is (our own record is acknowledged).
+
+        Under load, appenders store in turn: a thread of our own storing in the background would fight
+        every appender for the GIL. While one appender stores, the others stay on the lone-caller path
+        (a backlog sent them all to the batching path, where each waits for the GIL once more);
+        only a backlog of ``_MAX_BACKLOG`` records makes them wait.
+        """
+        if self._store_lock.acquire(blocking=False):
             try:
                 self._store_held()
             except Exception:  # recorded in _store_error; the next appends fail closed until it clears
                 pass
             finally:
                 self._store_lock.release()
-        return mine.receipts
 
     def _lead(self, batch: list[_Pending]) -> None:
         """Write ``batch`` (we hold the commit role), wake its waiters, hand the role on or drop it."""

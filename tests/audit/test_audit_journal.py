@@ -169,3 +169,37 @@ def test_a_lone_append_whose_journal_write_fails_is_refused_and_the_chain_goes_o
         monkeypatch.setattr(log._journal, "append", real)
         assert log.append(make_event(2)).seq == 2  # the refused record took no seq; the writer role was freed
     assert _db_count(path) == 2 and verify_log(path, trust_for(make_signer())).ok
+
+
+def test_appends_are_not_sent_to_the_batching_path_while_another_thread_stores(tmp_path: Path, monkeypatch) -> None:
+    """A slow store must not slow every appender: they stay on the lone-caller path and are acknowledged.
+
+    (Sending them to the batching path while records waited made 16 appending threads queue behind one
+    another for the GIL: that was the p99 tail of benchmarks/audit.py.)
+    """
+    import threading
+
+    monkeypatch.setattr(log_module, "_STORE_BATCH", 8)
+    monkeypatch.setattr(log_module, "_STORE_INTERVAL", 3600.0)
+    path = tmp_path / "a.db"
+    log = AuditLog(path, signer=make_signer())
+    real, entered, release = log._store.store, threading.Event(), threading.Event()
+
+    def slow_store(rows, *, force_checkpoint=False):
+        entered.set()
+        release.wait(30)
+        real(rows, force_checkpoint=force_checkpoint)
+
+    monkeypatch.setattr(log._store, "store", slow_store)
+    storer = threading.Thread(target=log.flush)
+    storer.start()
+    assert entered.wait(10)
+    batching = []
+    submit = log._submit
+    monkeypatch.setattr(log, "_submit", lambda payloads: batching.append(len(payloads)) or submit(payloads))
+    seqs = [log.append(make_event(i)).seq for i in range(30)]  # well past _STORE_BATCH while the store runs
+    assert seqs == list(range(1, 31)) and batching == []
+    release.set()
+    storer.join(10)
+    log.close()
+    assert _db_count(path) == 30 and verify_log(path, trust_for(make_signer())).ok
