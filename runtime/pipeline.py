@@ -25,7 +25,6 @@ from sealinfer.runtime.audit.record import AuditEvent
 from sealinfer.runtime.audit.template import EventTemplate
 from sealinfer.runtime.errors import (
     InputValidationError,
-    ModelError,
     SealinferError,
     UnknownPrincipalError,
 )
@@ -189,13 +188,7 @@ class RequestPipeline:
                 if self._guard is not None:
                     self._guard.admit(caller)
                 t3 = time.perf_counter_ns()
-                try:
-                    outputs = session._infer(inputs)  # the pipeline is the session's own guard
-                except (RuntimeError, ValueError, TypeError) as exc:
-                    raise ModelError(
-                        f"onnxruntime failed on this request: {str(exc).splitlines()[0][:300]}",
-                        hint="Check the inputs against `sealinfer inspect` (signature_io).",
-                    ) from None
+                outputs = session._infer(inputs)  # the pipeline is the session's own guard; ModelError if ORT fails
                 t4 = time.perf_counter_ns()
                 if self._guard is not None:
                     outputs = self._guard.transform(outputs)

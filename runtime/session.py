@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
-from sealinfer.runtime.errors import SealinferError
+from sealinfer.runtime.errors import ModelError, SealinferError
 from sealinfer.runtime.loader import DecryptedModel
 from sealinfer.runtime.tensorspec import TensorSpec
 
@@ -60,6 +60,10 @@ class SealedSession:
         self.inputs = [TensorSpec.from_dict(s) for s in sig.get("inputs", [])]
         self.outputs = [TensorSpec.from_dict(s) for s in sig.get("outputs", [])]
         self._output_names = [o.name for o in self.outputs] or [o.name for o in session.get_outputs()]
+        # onnxruntime's binding, not its Python wrapper: the wrapper would, after an execution-provider
+        # failure, silently re-run the request on the CPU (a device the policy may not allow for this
+        # model) and print to stdout; its input checks repeat the binding's own (and the pipeline's).
+        self._run_binding: Callable[..., list[Any]] = getattr(session, "_sess", session).run
 
     # --- what it is --------------------------------------------------------------------------
 
@@ -131,7 +135,13 @@ class SealedSession:
                 raise SealinferError("This session is closed.", hint="Load the model again with Runtime.load().")
             self._in_flight += 1
         try:
-            results = self._session.run(self._output_names, dict(inputs))
+            results = self._run_binding(self._output_names, inputs if type(inputs) is dict else dict(inputs), None)
+        except Exception as exc:  # whatever onnxruntime raises (its Fail is no RuntimeError): typed, fail closed
+            raise ModelError(
+                f"onnxruntime failed on this request: {str(exc).splitlines()[0][:300]}",
+                hint="Check the inputs against `sealinfer inspect` (signature_io); dims the signature leaves "
+                "symbolic must still suit the model's nodes.",
+            ) from None
         finally:
             with self._lock:
                 self._in_flight -= 1

@@ -300,3 +300,28 @@ def test_submit_queues_by_priority_and_enforces_tenant_quotas(tmp_path: Path, se
     assert rows(tmp_path / "a.db", f"SELECT decision, error_code FROM audit_events WHERE seq = {seq}") == [
         ("deny", "quota_exceeded")
     ]
+
+
+def test_an_onnxruntime_failure_inside_the_graph_is_a_typed_error_and_audited(tmp_path: Path, sealed: Sealed):
+    """Inputs that pass the signature but break a node (dims the signature leaves symbolic) fail closed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sealinfer.runtime.errors import ModelError
+    from sealinfer.tests import models
+
+    weight = numpy_helper.from_array(np.ones((3, 2), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["output"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "M"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 2])], [weight])
+    src = models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    artifact = seal_for(sealed.keyring, src, tmp_path / "m.sealed", "dev", mark=False)
+    with Runtime(sealed.keyring, "dev", audit_db=tmp_path / "a.db", devices=sealed.devices) as rt:
+        session = rt.load(artifact, caller=SERVICE)
+        with pytest.raises(ModelError, match="onnxruntime failed") as info:
+            session.run({"input": np.ones((1, 5), np.float32)}, caller=CLINICIAN)  # M=5 against W[3, 2]
+        assert info.value.hint
+        rt.audit_log.flush()
+        assert rows(tmp_path / "a.db", f"SELECT outcome, error_code FROM audit_events WHERE seq = "
+                    f"{info.value.audit_seq}") == [("error", "model_invalid")]
+        assert session.run({"input": np.ones((2, 3), np.float32)}, caller=CLINICIAN)["output"].shape == (2, 2)
