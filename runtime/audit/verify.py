@@ -201,7 +201,8 @@ def verify_log(
         if waiting:
             result.warnings.append(
                 f"{waiting:,} acknowledged record(s) wait in the audit journal and are not in this database yet "
-                "(its writer is running, or crashed): they are stored when the log is next opened for writing")
+                "(its writer is running, or crashed): they are stored when the log is next opened for writing, "
+                "or by `sealinfer audit recover`")
         return result
     except sqlite3.DatabaseError as exc:
         return _failed(log_id, f"the database file is corrupt ({exc})")

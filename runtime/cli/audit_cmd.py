@@ -1,4 +1,4 @@
-"""``sealinfer audit ...`` (verify, prove, consistency, export, checkpoints) and ``sealinfer report``.
+"""``sealinfer audit ...`` (verify, prove, consistency, recover, export, checkpoints) and ``sealinfer report``.
 
 Exit codes: 0 verified with trusted keys; 1 integrity FAILED; 2 bad arguments, missing file or not an audit log;
 4 chain intact but checkpoint keys not independently trusted (pass --keyring or --trusted-key, or
@@ -169,6 +169,38 @@ def checkpoint_cmd(db: Path, output: Path | None) -> None:
     else:
         output.write_text(text + "\n")
         click.echo(f"checkpoint at tree size {row[0]} written to {output}")
+
+
+@audit.command(name="recover")
+@click.option("--db", "db", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The audit log (audit.db) whose writer crashed.")
+@click.option("--keyring", "keyring_path", required=True, type=click.Path(file_okay=False, path_type=Path),
+              envvar="SEALINFER_KEYRING", show_envvar=True, help="Keyring whose signing key signs the checkpoint.")
+def recover_cmd(db: Path, keyring_path: Path) -> None:
+    """Store the records a crashed writer acknowledged but left in the journal, and sign a checkpoint.
+
+    The runtime does the same when it next opens the log; run this when it will not be restarted soon
+    (before an audit, or to archive the log). Refused while the log's writer is running.
+    """
+    from sealinfer.runtime.audit import schema
+    from sealinfer.runtime.audit.journal import pending_records
+    from sealinfer.runtime.audit.log import AuditLog
+    from sealinfer.runtime.cli.common import open_keyring
+
+    conn, _ = schema.open_readonly(db)  # refuses what is not an audit log before anything is written
+    try:
+        stored = conn.execute("SELECT coalesce(max(seq), 0) FROM audit_events").fetchone()[0]
+    finally:
+        conn.close()
+    waiting = pending_records(db, stored)
+    keyring = open_keyring(keyring_path)
+    with AuditLog(db, signer=keyring.signer()) as log:  # opening for writing is the recovery
+        size = log.size
+    if waiting:
+        click.echo(f"stored {waiting:,} record(s) from the journal; {db} now holds {size:,} records, "
+                   "closed with a signed checkpoint")
+    else:
+        click.echo(f"nothing waited in the journal; {db} holds {size:,} records")
 
 
 @audit.command(name="export")

@@ -131,3 +131,40 @@ def test_module_entry_point_and_help() -> None:
     res = subprocess.run([sys.executable, "-m", "sealinfer.runtime", "report", "--help"], capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0 and "--format" in res.stdout
+
+
+# A writer that acknowledges 7 records and dies before its writer thread stores any of them.
+CRASHING_WRITER = r"""
+import os, sys
+from sealinfer.runtime.audit import log as log_module
+from sealinfer.runtime.keys.keyring import Keyring
+from sealinfer.tests.audit.conftest import make_event
+log_module._STORE_INTERVAL = 3600.0
+log = log_module.AuditLog(sys.argv[1], signer=Keyring.open(sys.argv[2], sys.argv[3]).signer())
+for i in range(7):
+    log.append(make_event(1000 + i))
+os._exit(0)
+"""
+
+
+def test_recover_stores_what_a_crashed_writer_left_in_the_journal(env, run, tmp_path: Path) -> None:
+    db = tmp_path / "crashed" / "audit.db"
+    db.parent.mkdir()
+    shutil.copy(env["db"], db)
+    subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(db), str(env["keyring"]), PASS], check=True)
+    before = run("audit", "verify", "--db", db, "--keyring", env["keyring"])
+    assert before.exit_code == 0 and before.output.startswith("OK: 50 records")
+    assert "7 acknowledged record(s) wait" in before.output and "sealinfer audit recover" in before.output
+
+    with AuditLog(tmp_path / "live.db", signer=None) as live:  # a log whose writer is running is left alone
+        busy = run("audit", "recover", "--db", live.path, "--keyring", env["keyring"])
+        assert busy.exit_code != 0 and "Another writer" in busy.output and "Traceback" not in busy.output
+
+    out = run("audit", "recover", "--db", db, "--keyring", env["keyring"])
+    assert out.exit_code == 0 and "stored 7 record(s)" in out.output and "57 records" in out.output
+    after = run("audit", "verify", "--db", db, "--keyring", env["keyring"])
+    assert after.exit_code == 0 and after.output.startswith("OK: 57 records") and "wait" not in after.output
+    again = run("audit", "recover", "--db", db, "--keyring", env["keyring"])
+    assert again.exit_code == 0 and "nothing waited" in again.output
+    missing = run("audit", "recover", "--db", tmp_path / "nope.db", "--keyring", env["keyring"])
+    assert missing.exit_code == 2 and not (tmp_path / "nope.db").exists()  # never creates a log
