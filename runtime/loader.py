@@ -217,10 +217,14 @@ def open_decrypted(artifact: SealedArtifact, data_key: bytes, *, progress: bool 
     return DecryptedModel(graph, graph_serialized, buf, w_off, w_len)
 
 
-_ORT_ERRORS = (
-    ort.capi.onnxruntime_pybind11_state.Fail,
-    ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-    ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+# Every exception onnxruntime's binding defines (NotImplemented for an unknown op, EPFail, ...): none
+# of them derives from RuntimeError, so naming three of them let the others escape untyped.
+_ORT_ERRORS: tuple[type[BaseException], ...] = (
+    *(
+        cls
+        for cls in vars(ort.capi.onnxruntime_pybind11_state).values()
+        if isinstance(cls, type) and issubclass(cls, Exception)
+    ),
     RuntimeError,
 )
 

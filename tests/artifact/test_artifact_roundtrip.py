@@ -134,6 +134,21 @@ def test_seal_is_atomic_and_rejects_bad_models(tmp_path: Path, keyring: Keyring)
     assert not any(p.name.endswith((".sealed", ".partial")) for p in tmp_path.iterdir())
 
 
+def test_a_model_onnxruntime_cannot_run_is_a_typed_error_at_load(tmp_path: Path, keyring: Keyring):
+    """onnxruntime's NotImplemented (no kernel for an op/type) is no RuntimeError: still a ModelError."""
+    from sealinfer.runtime.errors import ModelError
+
+    graph = helper.make_graph(
+        [helper.make_node("Abs", ["input"], ["output"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.BFLOAT16, [1, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.BFLOAT16, [1, 3])])
+    src = models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    seal_model(src, tmp_path / "m.sealed", keyring=keyring)  # valid ONNX: the checker accepts it
+    with pytest.raises(ModelError, match="cannot create a session.*Could not find an implementation") as info:
+        Runtime(keyring).load(tmp_path / "m.sealed")
+    assert info.value.hint
+
+
 def test_loaded_session_reads_its_one_plaintext_copy_in_place_and_close_erases_it(tmp_path: Path, keyring: Keyring):
     from sealinfer.runtime.errors import ArtifactError
 
