@@ -139,8 +139,8 @@ class SealedSession:
         except Exception as exc:  # whatever onnxruntime raises (its Fail is no RuntimeError): typed, fail closed
             raise ModelError(
                 f"onnxruntime failed on this request: {str(exc).splitlines()[0][:300]}",
-                hint="Check the inputs against `sealinfer inspect` (signature_io); dims the signature leaves "
-                "symbolic must still suit the model's nodes.",
+                hint="Check the inputs against `sealinfer inspect` (signature_io): names, dtypes and shapes, "
+                "including dims the signature leaves symbolic, which must still suit the model's nodes.",
             ) from None
         finally:
             with self._lock:

@@ -22,6 +22,7 @@ _COMMAND_MODULES: list[tuple[str, str]] = [
     ("sealinfer.runtime.cli.artifact_cmd", "seal"),
     ("sealinfer.runtime.cli.artifact_cmd", "inspect"),
     ("sealinfer.runtime.cli.artifact_cmd", "verify"),
+    ("sealinfer.runtime.cli.run_cmd", "run"),
     ("sealinfer.runtime.cli.demo_cmd", "demo"),
     ("sealinfer.runtime.cli.watermark_cmd", "watermark"),
     ("sealinfer.runtime.cli.dp_cmd", "dp"),
