@@ -92,7 +92,7 @@ def read_inputs(specs: tuple[str, ...], npz: Path | None) -> dict[str, np.ndarra
                     raise ValueError("a single array, not a .npz archive")
                 return {name: data[name] for name in data.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise InputValidationError(f"Cannot read inputs from {npz}: {exc}.",
+            raise InputValidationError(f"Cannot read inputs from {npz}: {_why(exc)}.",
                                        hint="Write them with numpy.savez(path, input=array, ...).") from None
     inputs: dict[str, np.ndarray] = {}
     for spec in specs:
@@ -104,13 +104,20 @@ def read_inputs(specs: tuple[str, ...], npz: Path | None) -> dict[str, np.ndarra
         try:
             value = np.load(file, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise InputValidationError(f"Cannot read input {name!r} from {file}: {exc}.",
+            raise InputValidationError(f"Cannot read input {name!r} from {file}: {_why(exc)}.",
                                        hint="Write it with numpy.save(path, array).") from None
         if not isinstance(value, np.ndarray):
             raise InputValidationError(f"{file} is a .npz archive, not one array.",
                                        hint="Pass it as --inputs FILE.npz instead.")
         inputs[name] = value
     return inputs
+
+
+def _why(exc: BaseException) -> str:
+    # numpy's own advice for pickled data is to load it unsafely: never the right advice here
+    if "pickle" in str(exc):
+        return "it is no .npy/.npz array file (numpy would have to unpickle it, which sealinfer never does)"
+    return str(exc)
 
 
 def _report(outputs: dict[str, Any], output: Path | None, as_json: bool) -> None:

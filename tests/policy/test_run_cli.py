@@ -87,11 +87,13 @@ def test_a_denied_run_exits_3_and_says_where_its_audit_record_is(run, sealed: Se
         (lambda d: ("--input", f"input={d / 'junk.npy'}"), 1, "Cannot read input"),
         (lambda d: ("--input", f"input={d / 'obj.npy'}"), 1, "Cannot read input"),  # pickled: refused
         (lambda d: ("--inputs", d / "junk.npy"), 1, "Cannot read inputs"),
+        (lambda d: ("--inputs", d / "obj.npy"), 1, "never does"),
         (lambda d: ("--input", f"wrong={d / 'x.npy'}"), 1, "Invalid input name: wrong"),
         (lambda d: ("--input", f"input={d / 'x.npy'}", "--user", "u"), 2, "need --policy"),
         (lambda d: ("--input", f"input={d / 'x.npy'}", "--policy", "hipaa"), 2, "--audit-db, --user"),
     ],
-    ids=["spec", "none", "missing", "junk", "pickle", "npz-junk", "name", "caller-no-policy", "policy-no-caller"],
+    ids=["spec", "none", "missing", "junk", "pickle", "npz-junk", "npz-pickle", "name", "caller-no-policy",
+         "policy-no-caller"],
 )
 def test_bad_inputs_are_one_line_errors(run, sealed: Sealed, x_npy: Path, tmp_path: Path, make, code, match):
     (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY garbage")
@@ -99,6 +101,7 @@ def test_bad_inputs_are_one_line_errors(run, sealed: Sealed, x_npy: Path, tmp_pa
     result = run(sealed.dev, *make(tmp_path))
     assert result.exit_code == code, result.output
     assert match in result.output and "Traceback" not in result.output
+    assert "allow_pickle" not in result.output  # numpy's advice to load unsafely is not passed on
 
 
 def test_a_request_the_policy_refuses_as_invalid_is_audited_too(run, sealed: Sealed, tmp_path: Path):
