@@ -149,6 +149,43 @@ def test_a_model_onnxruntime_cannot_run_is_a_typed_error_at_load(tmp_path: Path,
     assert info.value.hint
 
 
+# Seals under a file-size limit of 64 KiB: the kernel refuses the write (EFBIG), as a full disk would.
+SEAL_UNDER_FSIZE_LIMIT = r"""
+import resource, signal, sys
+from pathlib import Path
+from sealinfer.runtime import seal_model
+from sealinfer.runtime.atomic import OutputWriteError
+from sealinfer.runtime.keys.keyring import Keyring
+ring = Keyring.open(sys.argv[2], sys.argv[3])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+try:
+    seal_model(sys.argv[1], Path(sys.argv[4]), keyring=ring)
+except OutputWriteError as exc:
+    print("typed:", exc)
+"""
+
+
+def test_an_output_that_cannot_be_written_is_a_typed_error_and_leaves_nothing(tmp_path: Path, keyring: Keyring):
+    import subprocess
+    import sys
+
+    from sealinfer.runtime.errors import ConfigurationError
+
+    src = models.save(models.mlp(30, 512, 64), tmp_path / "m.onnx")  # ~100 KB of weights
+    with pytest.raises(ConfigurationError, match="does not exist") as info:
+        seal_model(src, tmp_path / "no-such-folder" / "m.sealed", keyring=keyring)
+    assert info.value.hint
+    with pytest.raises(ConfigurationError, match="it is a folder"):
+        seal_model(src, tmp_path, keyring=keyring)
+    out = tmp_path / "out" / "m.sealed"
+    out.parent.mkdir()
+    run = subprocess.run([sys.executable, "-c", SEAL_UNDER_FSIZE_LIMIT, str(src), str(keyring._path),
+                          "correct horse battery staple", str(out)], capture_output=True, text=True, timeout=120)
+    assert "typed: Writing" in run.stdout and "File too large" in run.stdout, run.stdout + run.stderr
+    assert list(out.parent.iterdir()) == []  # no artifact, no partial file
+
+
 def test_loaded_session_reads_its_one_plaintext_copy_in_place_and_close_erases_it(tmp_path: Path, keyring: Keyring):
     from sealinfer.runtime.errors import ArtifactError
 
