@@ -49,6 +49,12 @@ class DeviceDescriptorError(ConfigurationError):
     code = "device_descriptor_invalid"
 
 
+class RuntimeClosedError(SealinferError):
+    """The ``Runtime`` was closed: its audit log and queues are gone, so nothing more may load or run."""
+
+    code = "runtime_closed"
+
+
 # --- models ------------------------------------------------------------------------------------
 
 

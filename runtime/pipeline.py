@@ -25,6 +25,7 @@ from sealinfer.runtime.audit.record import AuditEvent
 from sealinfer.runtime.audit.template import EventTemplate
 from sealinfer.runtime.errors import (
     InputValidationError,
+    RuntimeClosedError,
     SealinferError,
     UnknownPrincipalError,
 )
@@ -96,6 +97,7 @@ class SecurityContext:
     hmac_key: bytes
     telemetry: TelemetryStore | None = None
     features: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False  # set by Runtime.close(): requests are refused before anything else
 
     def __post_init__(self) -> None:
         self.digester = TensorDigester(self.hmac_key)
@@ -168,6 +170,8 @@ class RequestPipeline:
                 hint="Pass caller=Caller(user, role, purpose) to run().",
             )
         ctx = self._ctx
+        if ctx.closed:
+            raise _closed()
         t0 = time.perf_counter_ns()
         decision = ctx.authorizer.authorize(caller, "infer", self._resource)
         t1 = time.perf_counter_ns()
@@ -246,7 +250,15 @@ class RequestPipeline:
         return outputs
 
 
+def _closed() -> RuntimeClosedError:
+    return RuntimeClosedError("The Runtime this model was loaded with is closed (its audit log is closed), "
+                              "so the request cannot be authorized or audited.",
+                              hint="Create a new Runtime and load the model again.")
+
+
 def _batch(inputs: Mapping[str, Any]) -> int:
+    if not isinstance(inputs, Mapping):  # refused by validation, and still recorded
+        return 0
     for value in inputs.values():
         shape = getattr(value, "shape", None)
         if shape:

@@ -33,6 +33,7 @@ from sealinfer.runtime.artifact import SealedArtifact
 from sealinfer.runtime.caller import Caller
 from sealinfer.runtime.errors import (
     ConfigurationError,
+    RuntimeClosedError,
     SealinferError,
     UntrustedSignerError,
 )
@@ -81,6 +82,7 @@ class Runtime:
         self._placer: Any = None
         self._placement_policy: Any = None
         self._dispatch: Any = None
+        self._closed = False
         if policy is not None:
             self._ctx = self._security_context(policy, audit_db, telemetry_db, metrics)
             self.profile = self._ctx.profile
@@ -202,6 +204,8 @@ class Runtime:
         for about twice the memory. ``prepack=False`` keeps one copy only, matching a plain session
         run with ``session.disable_prepacking``; choose it when memory, not speed, is the limit.
         """
+        if self._closed:
+            raise RuntimeClosedError("This Runtime is closed.", hint="Create a new Runtime to load models.")
         if self._ctx is None:
             artifact, data_key = self.open_artifact(path)
             decrypted = open_decrypted(artifact, data_key, progress=progress)
@@ -409,7 +413,13 @@ class Runtime:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the queues, flush telemetry, write a final signed checkpoint and close the stores."""
+        """Stop the queues, flush telemetry, write a final signed checkpoint and close the stores.
+
+        Sessions loaded from this runtime then refuse requests (``RuntimeClosedError``).
+        """
+        self._closed = True
+        if self._ctx is not None:
+            self._ctx.closed = True
         if self._dispatch is not None:
             self._dispatch.close()
         if self._ctx is not None:

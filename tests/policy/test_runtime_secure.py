@@ -131,8 +131,9 @@ def test_dp_certificate_over_the_limit_cannot_even_be_sealed(tmp_path: Path, sea
         ({"input": np.ones((4, 29), np.float32)}, "30"),
         ({"input": np.full((4, 30), np.nan, np.float32)}, "NaN|finite"),
         ({"input": np.ones((5000, 30), np.float32)}, "batch"),
+        (None, "must be a dict"),
     ],
-    ids=["name", "dtype", "rank", "shape", "nan", "oversize"],
+    ids=["name", "dtype", "rank", "shape", "nan", "oversize", "not-a-dict"],
 )
 def test_bad_inputs_are_typed_errors_and_audited(tmp_path: Path, rt: Runtime, sealed: Sealed, inputs, match):
     session = rt.load(sealed.hipaa, caller=SERVICE)
@@ -325,3 +326,18 @@ def test_an_onnxruntime_failure_inside_the_graph_is_a_typed_error_and_audited(tm
         assert rows(tmp_path / "a.db", f"SELECT outcome, error_code FROM audit_events WHERE seq = "
                     f"{info.value.audit_seq}") == [("error", "model_invalid")]
         assert session.run({"input": np.ones((2, 3), np.float32)}, caller=CLINICIAN)["output"].shape == (2, 2)
+
+
+def test_a_closed_runtime_refuses_loads_and_its_sessions_refuse_requests(tmp_path: Path, sealed: Sealed):
+    from sealinfer.runtime.errors import RuntimeClosedError
+
+    rt = Runtime(sealed.keyring, "hipaa", audit_db=tmp_path / "audit.db", devices=sealed.devices)
+    session = rt.load(sealed.hipaa, caller=SERVICE)
+    assert session.run({"input": X}, caller=CLINICIAN)["probabilities"].shape == (4, 64)
+    rt.close()
+    with pytest.raises(RuntimeClosedError, match="closed") as info:
+        session.run({"input": X}, caller=CLINICIAN)
+    assert "new Runtime" in info.value.hint
+    with pytest.raises(RuntimeClosedError):
+        rt.load(sealed.hipaa, caller=SERVICE)
+    assert verify_log(tmp_path / "audit.db").ok  # the log closed cleanly: load + one request, signed
