@@ -126,6 +126,9 @@ class Keyring(KeyProvider):
             raise KeyringError(f"A keyring already exists at {folder}.", hint="Open it instead, or pick a new folder.")
         if not passphrase:
             raise KeyringError("The keyring passphrase is empty.", hint="Choose a passphrase (SEALINFER_PASSPHRASE).")
+        if folder.is_dir() and any(folder.iterdir()):  # it would be made private (0700) and mixed with keys
+            raise KeyringError(f"{folder} already holds other files; a keyring needs a folder of its own.",
+                               hint="Pick a new or empty folder, e.g. --keyring ~/.sealinfer/keyring.")
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(folder, 0o700)
         (folder / "keys").mkdir(exist_ok=True, mode=0o700)

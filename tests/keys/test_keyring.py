@@ -154,3 +154,15 @@ def test_secrets_and_key_kinds(ring: Keyring):
     ring.rotate(retired)
     with pytest.raises(KeyRevokedError, match="retired"):
         ring.wrap_data_key(retired, os.urandom(32))
+
+
+def test_a_keyring_is_not_created_in_a_folder_that_holds_other_files(tmp_path: Path):
+    from sealinfer.runtime.errors import KeyringError
+
+    project = tmp_path / "project"
+    project.mkdir(mode=0o755)
+    (project / "notes.txt").write_text("not a key")
+    with pytest.raises(KeyringError, match="already holds other files") as info:
+        Keyring.create(project, "pw", scrypt_n=2**10)
+    assert info.value.hint and stat.S_IMODE(project.stat().st_mode) == 0o755  # left as it was
+    assert Keyring.create(tmp_path / "empty", "pw", scrypt_n=2**10).path == tmp_path / "empty"
