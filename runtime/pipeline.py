@@ -24,6 +24,7 @@ import numpy as np
 from sealinfer.runtime.audit.record import AuditEvent
 from sealinfer.runtime.audit.template import EventTemplate
 from sealinfer.runtime.errors import (
+    ConfigurationError,
     InputValidationError,
     RuntimeClosedError,
     SealinferError,
@@ -135,6 +136,7 @@ class RequestPipeline:
         specs = [TensorSpec.from_dict(s) for s in manifest.get("signature_io", {}).get("inputs", [])]
         self._validate = InputValidator(specs, ctx.profile.inputs)
         self._guard = OutputGuard(ctx.profile.outputs) if ctx.profile.outputs.active else None
+        self._priorities = frozenset(ctx.profile.priority_classes)
         self._param_bytes = int(manifest["model"].get("param_bytes", 0))
         self._features = {
             "sealed": True,
@@ -187,6 +189,12 @@ class RequestPipeline:
             )
         else:
             try:
+                if priority not in self._priorities:  # it labels telemetry and reports: no invented classes
+                    given, priority = priority, "unknown"
+                    raise ConfigurationError(
+                        f"Unknown priority class {given!r}.",
+                        hint=f"Use one of the policy's classes: {', '.join(sorted(self._priorities))}.",
+                    )
                 self._validate(inputs)
                 t2 = time.perf_counter_ns()
                 if self._guard is not None:

@@ -372,7 +372,14 @@ class Runtime:
         deadline_s: float | None,
     ) -> Any:
         """Queue a request by deadline on its device's pool (EDF), after tenant quota and feasibility."""
-        from sealinfer.runtime.errors import DeadlineInfeasibleError, QuotaExceededError
+        from sealinfer.runtime.errors import DeadlineInfeasibleError, QuotaExceededError, UnknownPrincipalError
+
+        if self._closed:
+            raise RuntimeClosedError("The Runtime this model was loaded with is closed.",
+                                     hint="Create a new Runtime and load the model again.")
+        if not isinstance(caller, Caller):
+            raise UnknownPrincipalError("Queued requests need a caller: Caller(user, role, purpose).",
+                                        hint="Pass caller=Caller(...) to submit().")
 
         def call() -> dict[str, Any]:
             started = time.perf_counter()

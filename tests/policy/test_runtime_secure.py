@@ -339,5 +339,22 @@ def test_a_closed_runtime_refuses_loads_and_its_sessions_refuse_requests(tmp_pat
         session.run({"input": X}, caller=CLINICIAN)
     assert "new Runtime" in info.value.hint
     with pytest.raises(RuntimeClosedError):
+        session.submit({"input": X}, caller=CLINICIAN)
+    with pytest.raises(RuntimeClosedError):
         rt.load(sealed.hipaa, caller=SERVICE)
     assert verify_log(tmp_path / "audit.db").ok  # the log closed cleanly: load + one request, signed
+
+
+def test_an_unknown_priority_class_or_a_missing_caller_is_refused(tmp_path: Path, rt: Runtime, sealed: Sealed):
+    from sealinfer.runtime.errors import ConfigurationError
+
+    session = rt.load(sealed.hipaa, caller=SERVICE)
+    with pytest.raises(ConfigurationError, match="Unknown priority class 'vip'") as info:
+        session.run({"input": X}, caller=CLINICIAN, priority="vip")  # it would label telemetry and reports
+    assert "stat" in info.value.hint
+    rt.audit_log.flush()
+    assert rows(tmp_path / "audit.db", f"SELECT outcome, error_code FROM audit_events WHERE seq = "
+                f"{info.value.audit_seq}") == [("error", "configuration")]
+    with pytest.raises(UnknownPrincipalError):
+        session.submit({"input": X}, caller=None)  # type: ignore[arg-type]
+    assert session.run({"input": X}, caller=CLINICIAN, priority="stat")["probabilities"].shape == (4, 64)
