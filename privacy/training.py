@@ -105,7 +105,7 @@ def train_dp(
                                         hint=f"Use one of {', '.join(SUPPORTED_ACCOUNTANTS)}.")
 
         torch.manual_seed(seed)
-        module = copy.deepcopy(model)
+        module = _checked_copy(model, X, y)
         replaced = _fix_modules(module, ModuleValidator, fix_modules)
         if replaced:
             module = ModuleValidator.fix(module)
@@ -177,7 +177,7 @@ def train_baseline(
         _check_count("batch_size", batch_size)
         _check_positive("lr", lr)
         torch.manual_seed(seed)
-        module = copy.deepcopy(model)
+        module = _checked_copy(model, X, y)
         module.train()
         optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
         losses = _fit(module, optimizer, _loader(X, y, min(batch_size, len(X)), seed, shuffle=True), epochs)
@@ -263,6 +263,36 @@ def _check_data(X_train: Any, y_train: Any) -> tuple[np.ndarray, np.ndarray]:
             hint="Encode classes as 0..K-1.",
         )
     return X.astype(np.float32), y.astype(np.int64)
+
+
+def _checked_copy(model: Any, X: np.ndarray, y: np.ndarray) -> Any:
+    """A copy of ``model`` (the caller's stays untouched), once it accepts X's rows and scores every label.
+
+    One forward pass on two rows, so a mismatch is a typed error now rather than torch's own error
+    (or an IndexError from the loss) in the middle of training.
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise PrivacyParameterError(f"model must be a torch.nn.Module, got {type(model).__name__}.",
+                                    hint="Pass the untrained torch model, e.g. torch.nn.Sequential(...).")
+    module = copy.deepcopy(model)
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.as_tensor(X[:2]))
+    except Exception as exc:  # torch raises RuntimeError, ValueError, TypeError... for a shape mismatch
+        raise PrivacyParameterError(
+            f"The model does not accept X_train's rows (shape {X.shape[1:]}): {str(exc).splitlines()[0]}.",
+            hint="Give the model's first layer as many inputs as the data has features.",
+        ) from None
+    classes = int(out.shape[-1]) if getattr(out, "ndim", 0) >= 2 else 0
+    if int(y.max()) >= classes:
+        raise PrivacyParameterError(
+            f"y_train has labels up to {int(y.max())}, but the model outputs {classes} class score(s) per row.",
+            hint="Encode classes as 0..K-1 and give the model K outputs (one logit per class).",
+        )
+    return module
 
 
 def _check_positive(name: str, value: Any) -> None:

@@ -117,3 +117,19 @@ def test_bad_data_is_refused(cancer):
     with pytest.raises(PrivacyParameterError, match="labels"):
         train_dp(small_mlp(), cancer.X_train, cancer.y_train[:-1], target_epsilon=1.0, delta=1e-5, epochs=1,
                  batch_size=64)
+
+
+def test_a_model_that_does_not_fit_the_data_is_refused_before_training(cancer):
+    """Without the check these were torch's RuntimeError, an IndexError from the loss, an AttributeError."""
+    from sealinfer.privacy import train_baseline
+
+    args = {"target_epsilon": 1.0, "delta": 1e-5, "epochs": 1, "batch_size": 64}
+    with pytest.raises(PrivacyParameterError, match="does not accept X_train's rows") as info:
+        train_dp(small_mlp(), cancer.X_train[:, :7], cancer.y_train, **args)  # the model takes 30 features
+    assert info.value.hint
+    with pytest.raises(PrivacyParameterError, match="labels up to 6, but the model outputs 2"):
+        train_dp(small_mlp(), cancer.X_train, cancer.y_train + 5, **args)
+    with pytest.raises(PrivacyParameterError, match="torch.nn.Module"):
+        train_dp("not a model", cancer.X_train, cancer.y_train, **args)
+    with pytest.raises(PrivacyParameterError, match="does not accept X_train's rows"):
+        train_baseline(small_mlp(), cancer.X_train[:, :7], cancer.y_train, epochs=1, batch_size=64)
