@@ -12,7 +12,7 @@ import onnx
 from sealinfer.watermark import canonicalize, codec, kfac, lattice, nudge, robust, sensitivity, spread
 from sealinfer.watermark.common import STRENGTH, STRENGTH_LEVELS, carriers
 from sealinfer.watermark.errors import FidelityError, QuantizedModelError, WatermarkCapacityError
-from sealinfer.watermark.fidelity import ProbeRunner, compare, generate_probes
+from sealinfer.watermark.fidelity import ProbeRunner, check_probes, compare, generate_probes
 from sealinfer.watermark.graph import write_weights
 from sealinfer.watermark.keys import SCHEME, check_key
 from sealinfer.watermark.quant import SIMULATORS
@@ -39,6 +39,10 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
     """
     key = check_key(key)
     payload = codec.check_payload(payload)
+    if isinstance(max_relative_change, bool) or not isinstance(max_relative_change, int | float) or not (
+            math.isfinite(max_relative_change) and max_relative_change > 0):
+        raise FidelityError(f"max_relative_change must be a positive number, got {max_relative_change!r}.",
+                            hint="Use e.g. 1e-3 (outputs may change by at most 0.1 % on the probes).")
     frame = codec.encode(payload, key)
     ws = carriers(model)
     not_float = sorted({r.kind for r in ws.refs if r.kind != "float32"})
@@ -66,7 +70,7 @@ def embed(model: onnx.ModelProto, key: bytes, payload: bytes, *, max_relative_ch
 
     # Generated probes: 256, fewer for big models so one probe pass stays ~1 GFLOP-scale.
     n_gen = int(np.clip(2.5e8 / max(n_weights, 1), 8, 256))
-    probes = probe_inputs if probe_inputs is not None else generate_probes(model, n_gen)
+    probes = check_probes(probe_inputs) if probe_inputs is not None else generate_probes(model, n_gen)
     probe_kind = "supplied" if probe_inputs is not None else "generated"
     n_probes = int(next(iter(probes.values())).shape[0]) if probes else 0
     runner = ProbeRunner(model, ws.refs, probes)

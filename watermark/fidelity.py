@@ -91,11 +91,35 @@ def compare(before: list[np.ndarray], after: list[np.ndarray], n: int, probes: s
     return FidelityReport(worst, agree / total if total else 1.0, n, probes)
 
 
+def check_probes(probes: object) -> dict[str, np.ndarray]:
+    """Supplied probe inputs, refused unless they can measure fidelity: named arrays, rows, finite values.
+
+    A NaN in a probe makes every output comparison NaN, which no bound rejects: fidelity would pass
+    without having been measured.
+    """
+    if not isinstance(probes, dict) or not probes:
+        raise FidelityError("probe_inputs must be a non-empty dict of input name -> numpy array.",
+                            hint="Pass probe_inputs={name: array} with representative inputs.")
+    rows = set()
+    for name, value in probes.items():
+        if not isinstance(value, np.ndarray) or value.ndim < 1 or len(value) == 0:
+            raise FidelityError(f"Probe input {name!r} must be a numpy array with at least one row.",
+                                hint="Pass probe_inputs={name: array} with representative inputs.")
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise FidelityError(f"Probe input {name!r} holds NaN or infinite values, so output changes "
+                                "cannot be measured on it.", hint="Impute or drop those rows first.")
+        rows.add(len(value))
+    if len(rows) > 1:
+        raise FidelityError(f"Probe inputs disagree on the number of rows ({sorted(rows)}).",
+                            hint="Give every input the same number of rows.")
+    return probes
+
+
 def fidelity(original: onnx.ModelProto, marked: onnx.ModelProto, probe_inputs: dict[str, np.ndarray] | None = None,
              n_probes: int = 256, seed: int = 0) -> FidelityReport:
     """Max relative output change and top-1 agreement of ``marked`` against ``original``."""
     kind = "supplied" if probe_inputs is not None else "generated"
-    probes = probe_inputs if probe_inputs is not None else generate_probes(original, n_probes, seed)
+    probes = check_probes(probe_inputs) if probe_inputs is not None else generate_probes(original, n_probes, seed)
     n = int(next(iter(probes.values())).shape[0]) if probes else 0
     try:
         before = run(original, probes)

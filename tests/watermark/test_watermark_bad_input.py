@@ -66,6 +66,34 @@ def test_watermark_unreachable_fidelity_bound(built):
     _hinted(e.value)
 
 
+@pytest.mark.parametrize(
+    ("probes", "match"),
+    [
+        ("nan", "NaN or infinite"),  # every comparison would be NaN, and no bound rejects NaN
+        ("empty", "at least one row"),
+        ("ragged", "disagree on the number of rows"),
+        ({}, "non-empty dict"),
+    ],
+)
+def test_watermark_probes_that_cannot_measure_fidelity_are_refused(built, probes, match):
+    b = built["mlp"]
+    good = b.calibration
+    named = {"nan": {"x": np.where(np.arange(good.size).reshape(good.shape) == 3, np.nan, good).astype(good.dtype)},
+             "empty": {"x": good[:0]}, "ragged": {"x": good, "y": good[:1]}}
+    bad = named[probes] if isinstance(probes, str) else probes
+    with pytest.raises(FidelityError, match=match) as e:
+        wm.embed(b.model, KEY, b"payload", probe_inputs=bad)
+    _hinted(e.value)
+    with pytest.raises(FidelityError, match=match):
+        wm.fidelity(b.model, b.model, bad)
+
+
+@pytest.mark.parametrize("bound", [0, -1.0, float("nan"), True])
+def test_watermark_bound_must_be_a_positive_number(built, bound):
+    with pytest.raises(FidelityError, match="max_relative_change must be a positive number"):
+        wm.embed(built["mlp"].model, KEY, b"payload", max_relative_change=bound)
+
+
 @pytest.mark.parametrize("key", [b"short", "a string key", None])
 def test_watermark_bad_key(built, key):
     with pytest.raises(WatermarkKeyError) as e:
