@@ -196,8 +196,16 @@ def _check_bounds(bounds: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def _numbers(values: Sequence[Any]) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise PrivacyParameterError("values must be numbers.",
+                                    hint="Parse the column as numbers first (e.g. pandas.to_numeric).") from None
+
+
 def _floats(values: Sequence[Any]) -> list[float]:
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    arr = _numbers(values)
     if not np.all(np.isfinite(arr)):
         raise PrivacyParameterError("values contain NaN or infinity.", hint="Drop or impute them before the query.")
     return arr.tolist()
@@ -210,7 +218,7 @@ def _bin(values: Sequence[Any], edges: Sequence[float]) -> tuple[list[str], list
                                     hint="For example 0,0.25,0.5,0.75,1.")
     labels = [f"[{a:g},{b:g}{']' if i == len(e) - 2 else ')'}" for i, (a, b) in enumerate(zip(e[:-1], e[1:],
                                                                                                strict=True))]
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    x = _numbers(values)
     idx = np.searchsorted(e, x, side="right") - 1
     idx[x == e[-1]] = len(e) - 2  # the last bin is closed on the right
     inside = (idx >= 0) & (idx < len(e) - 1) & np.isfinite(x)

@@ -118,6 +118,8 @@ def test_a_query_beyond_the_budget_is_refused_and_spends_nothing(ledger, risk_sc
         (lambda s: s.histogram([1.0], edges=[1, 0], epsilon=1), "edges"),
         (lambda s: s.histogram([1.0], epsilon=1), "exactly one"),
         (lambda s: s.histogram(["a"], categories=["a", "a"], epsilon=1), "distinct"),
+        (lambda s: s.mean(["12.5", "n/a"], bounds=(0, 20), epsilon=1), "must be numbers"),
+        (lambda s: s.histogram(["low"], edges=[0, 1], epsilon=1), "must be numbers"),
     ],
 )
 def test_bad_queries_are_refused_before_spending(ledger, call, fragment):
