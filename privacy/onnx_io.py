@@ -80,8 +80,14 @@ def session(onnx_bytes: bytes) -> Any:
 def run(sess: Any, X: np.ndarray, *, batch: int = 4096) -> np.ndarray:
     """Run the model's first input/output over ``X`` in batches."""
     name = sess.get_inputs()[0].name
-    out = [sess.run(None, {name: np.ascontiguousarray(X[i:i + batch], dtype=np.float32)})[0]
-           for i in range(0, len(X), batch)]
+    try:
+        out = [sess.run(None, {name: np.ascontiguousarray(X[i:i + batch], dtype=np.float32)})[0]
+               for i in range(0, len(X), batch)]
+    except Exception as exc:  # onnxruntime raises its own hierarchy (InvalidArgument for a wrong shape)
+        raise PrivacyParameterError(
+            f"The model cannot run on these rows (shape {X.shape[1:]}): {str(exc).splitlines()[0][:200]}.",
+            hint="Pass features shaped as the model's input (`sealinfer inspect` or onnx's graph.input).",
+        ) from None
     return np.concatenate(out, axis=0) if out else np.zeros((0,), dtype=np.float32)
 
 

@@ -91,3 +91,5 @@ def test_bad_inputs_are_refused(dp_canary_model, canaries):
         audit_membership(dp_canary_model.onnx_bytes, (X, y[:-1]), canaries.non_members)
     with pytest.raises(PrivacyParameterError, match="outputs"):
         audit_membership(dp_canary_model.onnx_bytes, canaries.members, canaries.non_members, outputs="raw")
+    with pytest.raises(PrivacyParameterError, match="cannot run on these rows"):  # was onnxruntime's own error
+        audit_membership(dp_canary_model.onnx_bytes, (X[:, :3], y), canaries.non_members)
