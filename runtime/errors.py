@@ -54,6 +54,11 @@ class RuntimeClosedError(SealinferError):
 
     code = "runtime_closed"
 
+    def __init__(self, message: str = "The Runtime is closed (its audit log and queues with it), so nothing "
+                 "more can be loaded, authorized or audited through it.", *,
+                 hint: str | None = "Create a new Runtime and load the model again.") -> None:
+        super().__init__(message, hint=hint)
+
 
 # --- models ------------------------------------------------------------------------------------
 

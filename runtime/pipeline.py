@@ -173,7 +173,7 @@ class RequestPipeline:
             )
         ctx = self._ctx
         if ctx.closed:
-            raise _closed()
+            raise RuntimeClosedError()
         t0 = time.perf_counter_ns()
         decision = ctx.authorizer.authorize(caller, "infer", self._resource)
         t1 = time.perf_counter_ns()
@@ -256,12 +256,6 @@ class RequestPipeline:
             raise error
         assert outputs is not None
         return outputs
-
-
-def _closed() -> RuntimeClosedError:
-    return RuntimeClosedError("The Runtime this model was loaded with is closed (its audit log is closed), "
-                              "so the request cannot be authorized or audited.",
-                              hint="Create a new Runtime and load the model again.")
 
 
 def _batch(inputs: Mapping[str, Any]) -> int:

@@ -205,7 +205,7 @@ class Runtime:
         run with ``session.disable_prepacking``; choose it when memory, not speed, is the limit.
         """
         if self._closed:
-            raise RuntimeClosedError("This Runtime is closed.", hint="Create a new Runtime to load models.")
+            raise RuntimeClosedError()
         if self._ctx is None:
             artifact, data_key = self.open_artifact(path)
             decrypted = open_decrypted(artifact, data_key, progress=progress)
@@ -375,8 +375,7 @@ class Runtime:
         from sealinfer.runtime.errors import DeadlineInfeasibleError, QuotaExceededError, UnknownPrincipalError
 
         if self._closed:
-            raise RuntimeClosedError("The Runtime this model was loaded with is closed.",
-                                     hint="Create a new Runtime and load the model again.")
+            raise RuntimeClosedError()
         if not isinstance(caller, Caller):
             raise UnknownPrincipalError("Queued requests need a caller: Caller(user, role, purpose).",
                                         hint="Pass caller=Caller(...) to submit().")

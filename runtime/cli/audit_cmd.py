@@ -183,7 +183,6 @@ def recover_cmd(db: Path, keyring_path: Path) -> None:
     (before an audit, or to archive the log). Refused while the log's writer is running.
     """
     from sealinfer.runtime.audit import schema
-    from sealinfer.runtime.audit.journal import pending_records
     from sealinfer.runtime.audit.log import AuditLog
     from sealinfer.runtime.cli.common import open_keyring
 
@@ -192,10 +191,10 @@ def recover_cmd(db: Path, keyring_path: Path) -> None:
         stored = conn.execute("SELECT coalesce(max(seq), 0) FROM audit_events").fetchone()[0]
     finally:
         conn.close()
-    waiting = pending_records(db, stored)
     keyring = open_keyring(keyring_path)
     with AuditLog(db, signer=keyring.signer()) as log:  # opening for writing is the recovery
         size = log.size
+    waiting = size - stored
     if waiting:
         click.echo(f"stored {waiting:,} record(s) from the journal; {db} now holds {size:,} records, "
                    "closed with a signed checkpoint")

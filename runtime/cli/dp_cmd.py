@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from sealinfer.runtime.cli.common import load_npz
 from sealinfer.runtime.errors import CertificateError, ConfigurationError
 
 _LEDGER_OPTION = click.option(
@@ -119,16 +120,11 @@ def audit(model_path: Path, members_path: Path, non_members_path: Path, cert_pat
 
 
 def _load_npz(path: Path) -> tuple[Any, Any]:
-    import numpy as np
-
-    if not path.is_file():
-        raise ConfigurationError(f"{path} does not exist.", hint="Pass an .npz file with arrays X and y.")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return np.asarray(data["X"]), np.asarray(data["y"])
-    except (KeyError, ValueError, OSError) as exc:
-        raise ConfigurationError(f"{path} is not an .npz with arrays X and y ({exc}).",
-                                 hint="Save it with numpy.savez(path, X=features, y=labels).") from exc
+    hint = "Save it with numpy.savez(path, X=features, y=labels)."
+    data = load_npz(path, what="records", hint=hint)
+    if "X" not in data or "y" not in data:
+        raise ConfigurationError(f"{path} is not an .npz with arrays X and y (it holds {sorted(data)}).", hint=hint)
+    return data["X"], data["y"]
 
 
 @dp.group("stats")

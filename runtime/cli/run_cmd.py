@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from sealinfer.runtime.cli.common import keyring_option, open_keyring
+from sealinfer.runtime.cli.common import keyring_option, load_arrays, load_npz, open_keyring
 from sealinfer.runtime.errors import ConfigurationError, InputValidationError, SealinferError
 
 
@@ -86,14 +85,8 @@ def read_inputs(specs: tuple[str, ...], npz: Path | None) -> dict[str, np.ndarra
         raise ConfigurationError("Give the inputs as --input NAME=FILE.npy (repeatable) or as --inputs FILE.npz.",
                                  hint="`sealinfer inspect ARTIFACT` lists the model's input names, dtypes and shapes.")
     if npz is not None:
-        try:
-            with np.load(npz, allow_pickle=False) as data:
-                if not isinstance(data, np.lib.npyio.NpzFile):
-                    raise ValueError("a single array, not a .npz archive")
-                return {name: data[name] for name in data.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise InputValidationError(f"Cannot read inputs from {npz}: {_why(exc)}.",
-                                       hint="Write them with numpy.savez(path, input=array, ...).") from None
+        return load_npz(npz, what="inputs", hint="Write them with numpy.savez(path, input=array, ...).",
+                        error=InputValidationError)
     inputs: dict[str, np.ndarray] = {}
     for spec in specs:
         name, sep, file = spec.partition("=")
@@ -101,23 +94,13 @@ def read_inputs(specs: tuple[str, ...], npz: Path | None) -> dict[str, np.ndarra
             raise ConfigurationError(f"--input {spec!r} is not NAME=FILE.npy.", hint="e.g. --input input=x.npy")
         if name in inputs:
             raise ConfigurationError(f"Input {name!r} is given twice.", hint="Give each input once.")
-        try:
-            value = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputValidationError(f"Cannot read input {name!r} from {file}: {_why(exc)}.",
-                                       hint="Write it with numpy.save(path, array).") from None
-        if not isinstance(value, np.ndarray):
+        value = load_arrays(file, what=f"input {name!r}", hint="Write it with numpy.save(path, array).",
+                            error=InputValidationError)
+        if isinstance(value, dict):
             raise InputValidationError(f"{file} is a .npz archive, not one array.",
                                        hint="Pass it as --inputs FILE.npz instead.")
         inputs[name] = value
     return inputs
-
-
-def _why(exc: BaseException) -> str:
-    # numpy's own advice for pickled data is to load it unsafely: never the right advice here
-    if "pickle" in str(exc):
-        return "it is no .npy/.npz array file (numpy would have to unpickle it, which sealinfer never does)"
-    return str(exc)
 
 
 def _report(outputs: dict[str, Any], output: Path | None, as_json: bool) -> None:

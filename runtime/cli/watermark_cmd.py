@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from sealinfer.runtime.cli.common import echo_json, keyring_option, open_keyring
+from sealinfer.runtime.cli.common import echo_json, keyring_option, load_npz, open_keyring
 from sealinfer.runtime.errors import ConfigurationError, NotOnnxError
 
 _KEY_FILE_HELP = "File holding the 32-byte watermark key as 64 hex characters (instead of the keyring's)."
@@ -49,18 +49,8 @@ def _load_onnx(path: Path) -> Any:
 
 def _load_probes(path: Path) -> dict[str, Any]:
     """Probe inputs from an .npz whose arrays are named after the model's inputs (no pickles)."""
-    import numpy as np
-
-    if not path.is_file():
-        raise ConfigurationError(f"{path} does not exist.", hint="Pass an .npz file of probe inputs.")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: np.asarray(data[name]) for name in data.files}
-    except (ValueError, OSError) as exc:
-        raise ConfigurationError(
-            f"{path} is not an .npz of arrays ({exc}).",
-            hint="Save it with numpy.savez(path, input=samples), one array per model input.",
-        ) from None
+    return load_npz(path, what="probe inputs",
+                    hint="Save them with numpy.savez(path, input=samples), one array per model input.")
 
 
 @click.group()
