@@ -183,6 +183,11 @@ class DecryptedModel:
                 t.raw_data = data
         return model
 
+    def replace_graph(self, graph: onnx.ModelProto) -> None:
+        """Use ``graph`` (the same weights, e.g. with compiled guards) for the session still to be made."""
+        self.graph = graph
+        self.graph_serialized = graph.SerializeToString()
+
     def _require_weights(self) -> None:
         if self.released:
             raise ArtifactError(

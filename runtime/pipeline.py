@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -26,11 +27,13 @@ from sealinfer.runtime.audit.template import EventTemplate
 from sealinfer.runtime.errors import (
     ConfigurationError,
     InputValidationError,
+    ModelError,
     RuntimeClosedError,
     SealinferError,
     UnknownPrincipalError,
 )
 from sealinfer.runtime.policy.authz import AccessDeniedError, Authorizer, ModelResource
+from sealinfer.runtime.policy.graphguards import GraphGuards
 from sealinfer.runtime.policy.guards import OutputGuard
 from sealinfer.runtime.policy.validation import InputValidator
 from sealinfer.runtime.telemetry.record import TelemetryRecord, features_json
@@ -129,13 +132,27 @@ class SecurityContext:
 class RequestPipeline:
     """Runs one session's requests through the policy. Thread-safe (its parts are)."""
 
-    def __init__(self, ctx: SecurityContext, resource: ModelResource, manifest: dict[str, Any], device: str) -> None:
+    def __init__(
+        self,
+        ctx: SecurityContext,
+        resource: ModelResource,
+        manifest: dict[str, Any],
+        device: str,
+        graph_guards: GraphGuards | None = None,
+    ) -> None:
+        """``graph_guards``: the guards compiled into the session's graph (see ``policy/graphguards.py``)."""
         self._ctx = ctx
         self._resource = resource
         self._device = device
         specs = [TensorSpec.from_dict(s) for s in manifest.get("signature_io", {}).get("inputs", [])]
-        self._validate = InputValidator(specs, ctx.profile.inputs)
+        compiled = graph_guards
+        self._fetches = compiled.fetches if compiled else None
+        self._outputs = compiled.outputs if compiled else ()
+        self._screened = compiled.screened if compiled else ()
+        self._validate = InputValidator(specs, ctx.profile.inputs, screened=frozenset(self._screened))
         self._guard = OutputGuard(ctx.profile.outputs) if ctx.profile.outputs.active else None
+        self._transform = self._guard is not None and not (compiled and compiled.rounded) and (
+            ctx.profile.outputs.top_k is not None or ctx.profile.outputs.round_decimals is not None)
         self._priorities = frozenset(ctx.profile.priority_classes)
         self._param_bytes = int(manifest["model"].get("param_bytes", 0))
         self._features = {
@@ -162,6 +179,20 @@ class RequestPipeline:
                 model_digest=self._resource.digest, device=self._device,
             ))
         return template
+
+    def _fetch(self, session: SealedSession, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the compiled graph: the model's outputs (rounded if compiled so), then each screen's verdict."""
+        try:
+            results = session._fetch(self._fetches, inputs)  # type: ignore[arg-type]
+        except ModelError:
+            for name in self._screened:  # a NaN the model choked on is the caller's error, as before
+                self._validate.require_finite(name, inputs[name])
+            raise
+        n = len(self._outputs)
+        for i, name in enumerate(self._screened):
+            if not math.isfinite(results[n + i]):  # non-finite, or finite values whose squares overflowed
+                self._validate.require_finite(name, inputs[name])
+        return dict(zip(self._outputs, results[:n], strict=True))
 
     def run(
         self, session: SealedSession, inputs: Mapping[str, np.ndarray], caller: Caller | None, priority: str
@@ -200,13 +231,16 @@ class RequestPipeline:
                 if self._guard is not None:
                     self._guard.admit(caller)
                 t3 = time.perf_counter_ns()
-                outputs = session._infer(inputs)  # the pipeline is the session's own guard; ModelError if ORT fails
+                # the pipeline is the session's own guard; ModelError if onnxruntime fails
+                outputs = session._infer(inputs) if self._fetches is None else self._fetch(session, inputs)
                 t4 = time.perf_counter_ns()
-                if self._guard is not None:
-                    outputs = self._guard.transform(outputs)
+                if self._transform:
+                    outputs = self._guard.transform(outputs)  # type: ignore[union-attr]
             except SealinferError as exc:
                 error = exc
-                t2 = t3 = t4 = max(t2, t1)
+                outputs = None
+                t2, t3 = max(t2, t1), max(t3, t2, t1)
+                t4 = max(t4, t3)
         t5 = time.perf_counter_ns()
         if error is None:
             outcome, code = "ok", None

@@ -40,6 +40,7 @@ from sealinfer.runtime.errors import (
 from sealinfer.runtime.keys.base import KeyProvider
 from sealinfer.runtime.keys.keyring import Keyring
 from sealinfer.runtime.loader import DecryptedModel, create_inference_session, open_decrypted
+from sealinfer.runtime.policy.graphguards import GraphGuards, compile_guards
 from sealinfer.runtime.session import SealedSession
 
 if TYPE_CHECKING:
@@ -284,6 +285,7 @@ class Runtime:
             decrypted = open_decrypted(artifact, data_key, progress=progress)
             try:
                 verify_watermark(self.profile, self.keyring, manifest, decrypted, details)
+                graph_guards = _compile_guards(self.profile, manifest, decrypted, details)
             except BaseException:
                 decrypted.close()
                 raise
@@ -292,7 +294,7 @@ class Runtime:
                 decrypted,
                 session_options,
                 providers,
-                pipeline_factory=lambda: RequestPipeline(ctx, resource, manifest, device),
+                pipeline_factory=lambda: RequestPipeline(ctx, resource, manifest, device, graph_guards),
                 device=device,
                 submitter=lambda s, inputs, who, priority, deadline_s: self._submit(
                     s, placement, resource, inputs, who, priority, deadline_s
@@ -438,6 +440,22 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _compile_guards(
+    profile: PolicyProfile, manifest: dict[str, Any], decrypted: DecryptedModel, details: dict[str, Any]
+) -> GraphGuards | None:
+    """Compile the profile's output rounding and NaN/Inf screen into the graph the session will run."""
+    sig = manifest.get("signature_io") or {}
+    outputs = [str(o["name"]) for o in sig.get("outputs", [])] or [o.name for o in decrypted.graph.graph.output]
+    inputs = {str(i["name"]): str(i["dtype"]) for i in sig.get("inputs", [])}
+    compiled = compile_guards(decrypted.graph, outputs, inputs, profile.outputs, profile.inputs)
+    if compiled is None:
+        return None
+    graph, guards = compiled
+    decrypted.replace_graph(graph)
+    details["guards"] = guards.description
+    return guards
 
 
 def _options_only(device: Any) -> ort.SessionOptions:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from sealinfer.runtime.errors import ModelError, SealinferError
 from sealinfer.runtime.loader import DecryptedModel
+from sealinfer.runtime.policy.graphguards import PREFIX as GUARD_PREFIX
 from sealinfer.runtime.tensorspec import TensorSpec
 
 if TYPE_CHECKING:
@@ -59,7 +60,9 @@ class SealedSession:
         sig = manifest.get("signature_io", {})
         self.inputs = [TensorSpec.from_dict(s) for s in sig.get("inputs", [])]
         self.outputs = [TensorSpec.from_dict(s) for s in sig.get("outputs", [])]
-        self._output_names = [o.name for o in self.outputs] or [o.name for o in session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs] or [
+            o.name for o in session.get_outputs() if not o.name.startswith(GUARD_PREFIX)  # a compiled guard's
+        ]
         # onnxruntime's binding, not its Python wrapper: the wrapper would, after an execution-provider
         # failure, silently re-run the request on the CPU (a device the policy may not allow for this
         # model) and print to stdout; its input checks repeat the binding's own (and the pipeline's).
@@ -130,12 +133,16 @@ class SealedSession:
         return self._submitter(self, inputs, caller, priority, deadline_s)
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._output_names, self._fetch(self._output_names, inputs), strict=True))
+
+    def _fetch(self, names: Sequence[str], inputs: Mapping[str, np.ndarray]) -> list[Any]:
+        """onnxruntime's results for ``names`` (model outputs or a compiled guard's), in that order."""
         with self._lock:
             if self._closed:
                 raise SealinferError("This session is closed.", hint="Load the model again with Runtime.load().")
             self._in_flight += 1
         try:
-            results = self._run_binding(self._output_names, inputs if type(inputs) is dict else dict(inputs), None)
+            return self._run_binding(names, inputs if type(inputs) is dict else dict(inputs), None)
         except Exception as exc:  # whatever onnxruntime raises (its Fail is no RuntimeError): typed, fail closed
             raise ModelError(
                 f"onnxruntime failed on this request: {str(exc).splitlines()[0][:300]}",
@@ -147,7 +154,6 @@ class SealedSession:
                 self._in_flight -= 1
                 if not self._in_flight:
                     self._idle.notify_all()
-        return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
         """Wait for runs in flight, release the onnxruntime session, then zero the decrypted weights."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -44,14 +44,28 @@ class InputValidator:
 
     __slots__ = ("_limits", "_names", "_specs", "_spec_list")
 
-    def __init__(self, specs: list[TensorSpec] | tuple[TensorSpec, ...], limits: InputLimits) -> None:
+    def __init__(
+        self,
+        specs: list[TensorSpec] | tuple[TensorSpec, ...],
+        limits: InputLimits,
+        *,
+        screened: frozenset[str] = frozenset(),
+    ) -> None:
+        """``screened``: inputs whose NaN/Inf scan the caller runs itself (a compiled graph guard's screen);
+        it then calls :meth:`require_finite` for each whose screen raised the alarm."""
         self._spec_list = tuple(specs)
-        self._specs = _compile(self._spec_list)
+        self._specs = tuple(replace(c, check_finite=False) if c.name in screened else c
+                            for c in _compile(self._spec_list))
         self._names = frozenset(s.name for s in self._specs)
         self._limits = limits
 
     def __call__(self, inputs: Mapping[str, Any]) -> None:
         _validate(inputs, self._specs, self._names, self._spec_list, self._limits)
+
+    def require_finite(self, name: str, x: np.ndarray) -> None:
+        """The exact NaN/Inf test of input ``name`` (already validated otherwise), as the validator words it."""
+        if not self._limits.allow_nonfinite and x.size and not np.isfinite(x).all():
+            raise _nonfinite_error(name, x)
 
 
 def validate_inputs(inputs: Mapping[str, Any], specs: list[TensorSpec], limits: InputLimits) -> None:
@@ -165,13 +179,16 @@ def _validate(
             else:
                 finite = bool(np.isfinite(x).all())
             if not finite:
-                bad = int(x.size - np.count_nonzero(np.isfinite(x)))
-                raise InputValidationError(
-                    f"Input {spec.name!r} contains {bad:,} NaN or infinite value(s) out of {x.size:,}; the "
-                    "policy profile forbids non-finite inputs.",
-                    hint="Impute or drop missing values (e.g. np.nan_to_num or your pipeline's imputer) "
-                    "before inference.",
-                )
+                raise _nonfinite_error(spec.name, x)
+
+
+def _nonfinite_error(name: str, x: np.ndarray) -> InputValidationError:
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    return InputValidationError(
+        f"Input {name!r} contains {bad:,} NaN or infinite value(s) out of {x.size:,}; the "
+        "policy profile forbids non-finite inputs.",
+        hint="Impute or drop missing values (e.g. np.nan_to_num or your pipeline's imputer) before inference.",
+    )
 
 
 def _fmt_shape(shape: tuple[Dim, ...]) -> str:
