@@ -44,6 +44,7 @@ from sealinfer.runtime.errors import (
     UnsupportedVersionError,
 )
 from sealinfer.runtime.keys.base import KeyProvider, WrappedKey, strict_b64decode
+from sealinfer.runtime.keys.mac import hmac_sha256
 from sealinfer.runtime.keys.signing import Signer, TrustStore
 from sealinfer.runtime.stream import (
     NONCE_PREFIX_BYTES,
@@ -71,7 +72,7 @@ def manifest_digest(manifest: dict[str, Any]) -> bytes:
 
 def _recipients_mac(data_key: bytes, salt: bytes, recipients: list[dict[str, Any]], digest: bytes) -> str:
     mac_key = _hkdf(data_key, salt, _RECIPIENTS_INFO)
-    return base64.b64encode(hmac.new(mac_key, canonical_json(recipients) + digest, hashlib.sha256).digest()).decode()
+    return base64.b64encode(hmac_sha256(mac_key, canonical_json(recipients) + digest)).decode()
 
 
 _DROP_BEHIND = 16 << 20

@@ -10,8 +10,6 @@ record only as HMAC-SHA256 digests under the keyring's audit key, never as data.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import math
 import time
@@ -21,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _hmac
 
 from sealinfer.runtime.audit.record import AuditEvent
 from sealinfer.runtime.audit.template import EventTemplate
@@ -54,14 +54,14 @@ _REQUESTS = itertools.count(1)
 class TensorDigester:
     """HMAC-SHA256 over names, dtypes, shapes and bytes: links records to data without revealing it.
 
-    The keyed HMAC state is prepared once and copied per digest: setting up HMAC from the key (and
-    OpenSSL 3 fetching SHA-256 by name) each time cost more than hashing a small request.
+    The keyed HMAC state is prepared once and copied per digest: setting HMAC up from the key each
+    time cost more than hashing a small request.
     """
 
     __slots__ = ("_headers", "_mac")
 
     def __init__(self, key: bytes) -> None:
-        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self._mac = _hmac.HMAC(key, hashes.SHA256())
         self._headers: dict[tuple[str, Any, tuple[int, ...]], bytes] = {}
 
     def digest(self, tensors: Mapping[str, Any]) -> str:
@@ -78,8 +78,11 @@ class TensorDigester:
                 if len(self._headers) < _HEADERS:
                     self._headers[key] = header
             mac.update(header)
-            mac.update(arr.data if arr.flags.c_contiguous else np.ascontiguousarray(arr).data)
-        return mac.hexdigest()
+            if arr.dtype.hasobject:  # e.g. string labels: their text, not the addresses of their objects
+                mac.update(repr(arr.tolist()).encode())
+            elif arr.size:
+                mac.update(memoryview(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)).cast("B"))
+        return mac.finalize().hex()
 
 
 def keyed_digest(key: bytes, tensors: Mapping[str, Any]) -> str:

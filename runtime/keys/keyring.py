@@ -13,7 +13,6 @@ all detected. Key bytes exist only in memory.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import os
@@ -44,6 +43,7 @@ from sealinfer.runtime.errors import (
     WrongPassphraseError,
 )
 from sealinfer.runtime.keys.base import DATA_KEY_BYTES, KeyProvider, WrappedKey, strict_b64decode
+from sealinfer.runtime.keys.mac import hmac_sha256
 from sealinfer.runtime.keys.signing import Signer, TrustStore, public_key_fingerprint
 
 KeyKind = Literal["kek", "signing", "watermark", "audit-hmac"]
@@ -208,7 +208,7 @@ class Keyring(KeyProvider):
 
     @staticmethod
     def _mac(mac_key: bytes, meta: dict[str, Any]) -> str:
-        return hmac.new(mac_key, canonical_json(meta), hashlib.sha256).hexdigest()
+        return hmac_sha256(mac_key, canonical_json(meta)).hex()
 
     def _save(self) -> None:
         body = dict(self._meta)

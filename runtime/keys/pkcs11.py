@@ -18,7 +18,6 @@ HMAC key) with the PIN the token accepted.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import re
@@ -37,6 +36,7 @@ from pkcs11 import exceptions as p11x
 
 from sealinfer.runtime.errors import ConfigurationError, HsmError, KeyNotFoundError, UnwrapError
 from sealinfer.runtime.keys.base import DATA_KEY_BYTES, WRAP_ALGORITHM, KeyProvider, WrappedKey
+from sealinfer.runtime.keys.mac import hmac_sha256
 
 __all__ = [
     "DEFAULT_TOKEN_LABEL",
@@ -221,7 +221,7 @@ _PIN_MAC_KEY = secrets.token_bytes(32)
 
 
 def _pin_mac(pin: str) -> bytes:
-    return hmac.new(_PIN_MAC_KEY, pin.encode("utf-8"), hashlib.sha256).digest()
+    return hmac_sha256(_PIN_MAC_KEY, pin.encode("utf-8"))
 
 
 def _module_hint() -> str:

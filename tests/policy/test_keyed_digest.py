@@ -36,3 +36,14 @@ def test_digest_changes_with_key_data_shape_and_dtype() -> None:
     assert keyed_digest(KEY, {"x": x.reshape(3, 2)}) != base
     assert keyed_digest(KEY, {"x": x.astype(np.int32)}) != base
     assert keyed_digest(KEY, {"y": x}) != base
+
+
+def test_empty_and_object_tensors_digest_their_content_not_their_memory() -> None:
+    empty = {"x": np.zeros((0, 3), np.float32)}
+    assert keyed_digest(KEY, empty) == reference(KEY, empty)
+    # string labels (e.g. a scikit-learn classifier's output): the same labels in other objects, the same digest
+    labels = np.array(["benign", "malignant"], dtype=object)
+    copy = np.array(["".join(["beni", "gn"]), "".join(["malig", "nant"])], dtype=object)
+    assert labels[0] is not copy[0]
+    assert keyed_digest(KEY, {"label": labels}) == keyed_digest(KEY, {"label": copy})
+    assert keyed_digest(KEY, {"label": labels}) != keyed_digest(KEY, {"label": labels[::-1].copy()})
