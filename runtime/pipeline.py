@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as _hmac
 
 from sealinfer.runtime.audit.record import AuditEvent
-from sealinfer.runtime.audit.template import EventTemplate
+from sealinfer.runtime.audit.template import EventTemplate, HexDigest
 from sealinfer.runtime.errors import (
     ConfigurationError,
     InputValidationError,
@@ -82,7 +82,7 @@ class TensorDigester:
                 mac.update(repr(arr.tolist()).encode())
             elif arr.size:
                 mac.update(memoryview(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)).cast("B"))
-        return mac.finalize().hex()
+        return HexDigest(mac.finalize().hex())
 
 
 def keyed_digest(key: bytes, tensors: Mapping[str, Any]) -> str:
@@ -167,12 +167,15 @@ class RequestPipeline:
         }
         self._config = ctx.config_label
         self._features_json = features_json(self._features)
-        self._templates: dict[tuple[Caller, str], EventTemplate] = {}
+        self._templates: dict[tuple[Any, ...], EventTemplate] = {}
 
     def _template(self, caller: Caller) -> EventTemplate:
         """The fixed part of this caller's records (validated once, then reused for every request)."""
         ctx = self._ctx
-        key = (caller, ctx.authorizer.policy_version)
+        # the fields themselves, not the Caller: hashing a tuple of strings stays in C, while a
+        # dataclass's generated __hash__/__eq__ are Python calls on every request
+        key = (caller.user, caller.role, caller.purpose, caller.tenant, caller.break_glass,
+               ctx.authorizer.policy_version)
         template = self._templates.get(key)
         if template is None:
             if len(self._templates) >= _TEMPLATES:

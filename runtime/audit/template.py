@@ -28,6 +28,12 @@ class RenderedEvent(str):
     __slots__ = ()
 
 
+class HexDigest(str):
+    """A lowercase hex SHA-256 digest as the runtime's own keyed digester made it (templates skip re-checking)."""
+
+    __slots__ = ()
+
+
 class EventTemplate:
     """Fixed fields of ``base``; ``render`` supplies the per-request ones."""
 
@@ -54,17 +60,30 @@ class EventTemplate:
                input_digest: str | None, output_digest: str | None, latency_us: int) -> RenderedEvent:
         if not (decision in DECISIONS and outcome in OUTCOMES and type(latency_us) is int and latency_us >= 0
                 and (error_code is None or (type(error_code) is str and len(error_code) <= _TEXT_LIMIT))
-                and (input_digest is None or (type(input_digest) is str and _HEX_DIGEST.match(input_digest)))
-                and (output_digest is None or (type(output_digest) is str and _HEX_DIGEST.match(output_digest)))
+                and _is_digest(input_digest) and _is_digest(output_digest)
                 and all(type(r) is str and len(r) <= _TEXT_LIMIT for r in reasons)):
             # the full path names the problem (or, for a reason list that is merely a tuple, accepts it)
-            return RenderedEvent(replace(self._base, decision=decision, reasons=list(reasons), outcome=outcome,
-                                         error_code=error_code, input_digest=input_digest,
-                                         output_digest=output_digest, latency_us=latency_us).to_json())
+            return RenderedEvent(replace(
+                self._base, decision=decision, reasons=list(reasons), outcome=outcome, error_code=error_code,
+                input_digest=None if input_digest is None else str(input_digest),
+                output_digest=None if output_digest is None else str(output_digest), latency_us=latency_us,
+            ).to_json())
         p = self._parts
+        digest_in = _quoted(input_digest)
+        digest_out = _quoted(output_digest)
         return RenderedEvent(
             f'{p[0]}"{decision}"{p[1]}{"null" if error_code is None else _ascii(error_code)}'
-            f'{p[2]}{"null" if input_digest is None else _ascii(input_digest)}{p[3]}{latency_us}'
-            f'{p[4]}"{outcome}"{p[5]}{"null" if output_digest is None else _ascii(output_digest)}'
+            f'{p[2]}{digest_in}{p[3]}{latency_us}{p[4]}"{outcome}"{p[5]}{digest_out}'
             f'{p[6]}[{",".join(map(_ascii, reasons))}]{p[7]}'
         )
+
+
+def _quoted(digest: str | None) -> str:
+    if digest is None:
+        return "null"
+    return '"' + digest + '"' if type(digest) is HexDigest else _ascii(digest)  # our hex needs no escaping
+
+
+def _is_digest(value: object) -> bool:
+    """None, a digest of our own digester, or a string the record's digest pattern accepts (hex: no escaping)."""
+    return value is None or type(value) is HexDigest or (type(value) is str and bool(_HEX_DIGEST.match(value)))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from sealinfer.runtime.audit.log import AuditLog
 from sealinfer.runtime.audit.record import AuditEvent
+from sealinfer.runtime.audit.template import HexDigest
 from sealinfer.runtime.audit.verify import verify_log
 
 from .conftest import make_event, make_signer, trust_for
@@ -98,7 +99,8 @@ hexes = st.text(alphabet="0123456789abcdef", min_size=16, max_size=64)
        break_glass=st.booleans(), decision=st.sampled_from(["allow", "deny", "maybe"]),
        outcome=st.sampled_from(["ok", "denied", "error"]), error_code=st.none() | text,
        reasons=st.lists(st.text(max_size=20) | st.text(min_size=513, max_size=520), max_size=3),
-       input_digest=st.none() | hexes | st.just("raw patient data"), output_digest=st.none() | hexes,
+       input_digest=st.none() | hexes | st.just("raw patient data") | hexes.map(lambda h: h + "\n"),
+       output_digest=st.none() | hexes | hexes.map(lambda h: HexDigest(h)),
        latency=st.integers(0, 10**9))
 def test_a_template_renders_exactly_what_the_event_would(actor, tenant, model, device, break_glass, decision,
                                                          outcome, error_code, reasons, input_digest,
@@ -113,10 +115,19 @@ def test_a_template_renders_exactly_what_the_event_would(actor, tenant, model, d
                       device=device, tenant=tenant, break_glass=break_glass)
     varying = dict(decision=decision, reasons=reasons, outcome=outcome, error_code=error_code,
                    input_digest=input_digest, output_digest=output_digest, latency_us=latency)
+    plain = {k: str(v) if type(v) is HexDigest else v for k, v in varying.items()}  # our digester's marker
     try:
-        expected = replace(base, **varying).to_json()
+        expected = replace(base, **plain).to_json()
     except InvalidAuditEventError as exc:
         with pytest.raises(InvalidAuditEventError, match=str(exc).split(" ")[0]):
             EventTemplate(base).render(**varying)
     else:
         assert EventTemplate(base).render(**varying) == expected
+
+
+def test_a_digest_with_a_trailing_newline_is_no_digest() -> None:
+    from sealinfer.runtime.audit.record import InvalidAuditEventError
+
+    with pytest.raises(InvalidAuditEventError, match="hex digest"):
+        AuditEvent(actor="a", role="clinician", purpose="treatment", action="infer",
+                   input_digest="ab" * 32 + "\n").to_json()
