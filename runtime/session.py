@@ -152,7 +152,7 @@ class SealedSession:
         finally:
             with self._lock:
                 self._in_flight -= 1
-                if not self._in_flight:
+                if self._closed and not self._in_flight:  # only close() waits (notify_all is Python code)
                     self._idle.notify_all()
 
     def close(self) -> None:
