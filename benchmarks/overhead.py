@@ -2,14 +2,19 @@
 
     python benchmarks/overhead.py [--calls 10000] [--only a --only b ...]
 
-For (a) a tiny MLP and (b) a model of a few ms per call, alternates one plain
-``InferenceSession.run`` with one ``SealedSession.run`` under the HIPAA profile (Cedar authorization,
-input validation, output rounding, audit with group commit in ``process`` durability, telemetry), so
-machine noise hits both equally; the plain session gets the same onnxruntime settings as the device
-sealinfer placed the model on; a naive secure wrapper around the plain session (the same checks, done
-the obvious way) is the third contestant. Prints p50/p99 of each and their ratio, and the median of each phase
-from sealinfer's own telemetry rows. Two shapes of few-ms model: (b) an MLP that streams 64 MB of weights
-through the caches on every call and (c) an imaging-shaped CNN with 113 KB of weights; after either,
+For (a) a tiny MLP and (b) a model of a few ms per call, alternates blocks of plain
+``InferenceSession.run`` with blocks of ``SealedSession.run`` under the HIPAA profile (Cedar
+authorization, input validation, output rounding, audit with group commit in ``process`` durability,
+telemetry), so machine noise hits both equally; the plain session gets the same onnxruntime settings
+as the device sealinfer placed the model on; a naive secure wrapper around the plain session (the
+same checks, done the obvious way) is the third contestant. Two plain baselines: sessions loaded
+from the model file, and the sealed session's own onnxruntime session called directly. The second
+isolates the pipeline: onnxruntime sessions of one model differ by several per cent in speed with
+where their weights landed (and later-created ones are faster), which two sessions per contestant,
+created sealed, plain, plain, sealed, only partly average out. Prints p50/p99 of each and their
+ratio, and the median of each phase from sealinfer's own telemetry rows. Two shapes of few-ms
+model: (b) an MLP that streams 52 MB of weights through the caches on every call and (c) an
+imaging-shaped CNN with 113 KB of weights; after either,
 the security work runs on caches the computation has taken over (see the phase medians). Model (b')
 shows how the cost grows with request size: inputs and outputs are HMAC-SHA256-digested for the audit
 record (~0.6 µs/KB). A closing platform probe times one small piece of work warm, after an idle gap
