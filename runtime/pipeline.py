@@ -36,7 +36,7 @@ from sealinfer.runtime.policy.authz import AccessDeniedError, Authorizer, ModelR
 from sealinfer.runtime.policy.graphguards import GraphGuards
 from sealinfer.runtime.policy.guards import OutputGuard
 from sealinfer.runtime.policy.validation import InputValidator
-from sealinfer.runtime.telemetry.record import TelemetryRecord, features_json
+from sealinfer.runtime.telemetry.record import SessionFields, features_json
 from sealinfer.runtime.tensorspec import TensorSpec
 
 if TYPE_CHECKING:
@@ -165,8 +165,11 @@ class RequestPipeline:
             "guards": self._guard is not None,
             **ctx.features,
         }
-        self._config = ctx.config_label
-        self._features_json = features_json(self._features)
+        self._telemetry = SessionFields(
+            model=resource.name, model_version=resource.version, model_digest=resource.digest,
+            config=ctx.config_label, features=self._features, device=device, model_param_bytes=self._param_bytes,
+            request_prefix=_PROCESS_ID, features_json=features_json(self._features),
+        )
         self._templates: dict[tuple[Any, ...], EventTemplate] = {}
 
     def _template(self, caller: Caller) -> EventTemplate:
@@ -266,31 +269,11 @@ class RequestPipeline:
         receipt = ctx.audit.append(event)  # returns once durable: nothing acknowledged is lost
         t6 = time.perf_counter_ns()
         if ctx.telemetry is not None:
-            ctx.telemetry.record(
-                TelemetryRecord(
-                    ts=time.time(),
-                    request_id=f"{_PROCESS_ID}-{next(_REQUESTS)}",
-                    model=self._resource.name,
-                    model_version=self._resource.version,
-                    model_digest=self._resource.digest,
-                    outcome=outcome,
-                    error_code=code,
-                    config=self._config,
-                    features=self._features,
-                    features_json=self._features_json,
-                    device=self._device,
-                    tenant=caller.tenant or "default",
-                    priority=priority,
-                    batch=_batch(inputs),
-                    authorize_us=(t1 - t0) / 1000,
-                    validate_us=(t2 - t1) / 1000,
-                    inference_us=(t4 - t3) / 1000,
-                    guard_us=((t3 - t2) + (t5 - t4)) / 1000,
-                    record_us=(t6 - t5) / 1000,
-                    total_us=(t6 - t0) / 1000,
-                    model_param_bytes=self._param_bytes,
-                )
-            )
+            ctx.telemetry.record_request(self._telemetry, (
+                time.time(), next(_REQUESTS), outcome, code, caller.tenant or "default", priority, _batch(inputs),
+                (t1 - t0) / 1000, (t2 - t1) / 1000, (t4 - t3) / 1000, ((t3 - t2) + (t5 - t4)) / 1000,
+                (t6 - t5) / 1000, (t6 - t0) / 1000,
+            ))
         if error is not None:
             error.audit_seq = receipt.seq  # type: ignore[attr-defined]  # where to find the record
             raise error

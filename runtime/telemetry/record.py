@@ -63,6 +63,36 @@ class TelemetryRecord:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SessionFields:
+    """What every request of one session shares. The request thread hands over only its own values
+    (:meth:`record`'s tuple); the writer builds the :class:`TelemetryRecord`, off the hot path."""
+
+    model: str
+    model_version: str
+    model_digest: str
+    config: str
+    features: dict[str, Any]
+    device: str
+    model_param_bytes: int
+    request_prefix: str  # request ids are "<prefix>-<n>"
+    features_json: str | None = None
+
+    def record(self, values: tuple[Any, ...]) -> TelemetryRecord:
+        """``values`` = (ts, n, outcome, error_code, tenant, priority, batch, authorize_us, validate_us,
+        inference_us, guard_us, record_us, total_us)."""
+        (ts, n, outcome, error_code, tenant, priority, batch, authorize_us, validate_us, inference_us, guard_us,
+         record_us, total_us) = values
+        return TelemetryRecord(
+            ts=ts, request_id=f"{self.request_prefix}-{n}", model=self.model, outcome=outcome,
+            model_version=self.model_version, model_digest=self.model_digest, config=self.config,
+            features=self.features, device=self.device, tenant=tenant, priority=priority, error_code=error_code,
+            batch=batch, authorize_us=authorize_us, validate_us=validate_us, inference_us=inference_us,
+            guard_us=guard_us, record_us=record_us, total_us=total_us, model_param_bytes=self.model_param_bytes,
+            features_json=self.features_json,
+        )
+
+
 def features_json(features: dict[str, Any]) -> str:
     """The canonical JSON stored in the ``features`` column."""
     return json.dumps(features, sort_keys=True, separators=(",", ":"))

@@ -22,7 +22,7 @@ import sqlite_utils
 
 from sealinfer.runtime.errors import StoreError
 from sealinfer.runtime.telemetry import histogram
-from sealinfer.runtime.telemetry.record import COLUMNS, PHASES, TelemetryRecord
+from sealinfer.runtime.telemetry.record import COLUMNS, PHASES, SessionFields, TelemetryRecord
 from sealinfer.runtime.telemetry.schema import (
     HIST_KEY,
     ROLLUP_KEY,
@@ -99,6 +99,10 @@ def rollup_rows(records: Iterable[TelemetryRecord]) -> tuple[list[tuple[Any, ...
     return ([(*k, *v) for k, v in groups.items()], [(*k, n) for k, n in hist.items()])
 
 
+def _built(item: TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]) -> TelemetryRecord:
+    return item if type(item) is TelemetryRecord else item[0].record(item[1])  # type: ignore[union-attr,index]
+
+
 class TelemetryStore:
     """Buffered writer of ``telemetry.db``.
 
@@ -132,7 +136,7 @@ class TelemetryStore:
         self._metrics = metrics
         self._conn = self._open(self.path)
         self._db = sqlite_utils.Database(self._conn)
-        self._buf: list[TelemetryRecord] = []
+        self._buf: list[TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]] = []
         self._buf_lock = threading.Lock()
         self._write_lock = threading.Lock()  # one writer on the connection at a time
         self._wake = threading.Event()
@@ -167,14 +171,21 @@ class TelemetryStore:
 
     def record(self, rec: TelemetryRecord) -> None:
         """Queue one request's telemetry; never waits for the disk unless far behind."""
+        self._queue(rec)
+
+    def record_request(self, fields: SessionFields, values: tuple[Any, ...]) -> None:
+        """``record(fields.record(values))``, with the record built by the writer, not by the request's thread."""
+        self._queue((fields, values))
+
+    def _queue(self, item: TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]) -> None:
         with self._buf_lock:  # checked under the lock so nothing slips in after close()'s final flush
             if self._closed:
                 raise StoreError("The telemetry store is closed.",
                                  hint="Record before close(), or open a new store.")
-            self._buf.append(rec)
+            self._buf.append(item)
             pending = len(self._buf)
         if self._metrics is not None:
-            self._metrics.observe(rec)
+            self._metrics.observe(_built(item))
         if pending >= self._inline_batch:
             # Under load the recording threads write in turn (rarely: one call in thousands): a flush
             # thread of our own would fight every request thread for the GIL the whole time.
@@ -211,7 +222,8 @@ class TelemetryStore:
         self._maybe_apply_retention()
         return len(batch)
 
-    def _write(self, batch: list[TelemetryRecord]) -> None:
+    def _write(self, items: list[TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]]) -> None:
+        batch = [_built(item) for item in items]
         rollups, hist = rollup_rows(batch)
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")

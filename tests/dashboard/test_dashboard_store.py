@@ -177,3 +177,28 @@ def test_record_after_close_raises(tmp_path: Path) -> None:
 def test_invalid_outcome_rejected() -> None:
     with pytest.raises(ValueError, match="outcome"):
         TelemetryRecord(ts=0, request_id="x", model="m", outcome="maybe")
+
+
+def test_a_sessions_request_values_are_stored_as_the_record_they_stand_for(tmp_path: Path) -> None:
+    """The hot path hands over a tuple; the writer builds the record: rows and rollups are the same as record()'s."""
+    from sealinfer.runtime.telemetry.record import SessionFields
+
+    fields = SessionFields(model="m", model_version="2", model_digest="ab" * 32, config="sealed+authz",
+                           features={"sealed": True}, device="cpu0", model_param_bytes=1234, request_prefix="p",
+                           features_json='{"sealed":true}')
+    values = [(1_780_000_000.0 + i, i, "ok" if i % 3 else "denied", None if i % 3 else "denied", "ward7", "stat",
+               4, 1.0, 2.0, 100.0 + i, 3.0, 4.0, 110.0 + i) for i in range(50)]
+    with TelemetryStore(tmp_path / "a.db", flush_interval_s=60) as direct, \
+            TelemetryStore(tmp_path / "b.db", flush_interval_s=60) as lazy:
+        for v in values:
+            direct.record(fields.record(v))
+            lazy.record_request(fields, v)
+    tables = ("requests", "rollup_minute", "rollup_latency")
+    with sqlite3.connect(tmp_path / "a.db") as a, sqlite3.connect(tmp_path / "b.db") as b:
+        for table in tables:
+            rows = a.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+            assert rows and rows == b.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+        first = b.execute("SELECT request_id, model_version, device, tenant, priority, outcome, inference_us, "
+                          "model_param_bytes FROM requests ORDER BY ts LIMIT 2").fetchall()
+    assert first == [("p-0", "2", "cpu0", "ward7", "stat", "denied", 100.0, 1234),
+                     ("p-1", "2", "cpu0", "ward7", "stat", "ok", 101.0, 1234)]
