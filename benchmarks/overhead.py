@@ -105,6 +105,62 @@ class NaiveSecureWrapper:
         return outputs
 
 
+class EssentialWork:
+    """The floor: only what every audited request must do, with none of the structure around it.
+
+    On the sealed session's own onnxruntime session (its compiled guards included): the in-graph NaN
+    screen's verdict checked, HMAC-SHA256 of input and output, the entry hash chained, the record
+    copied into a shared file mapping, a telemetry tuple appended. No authorization, validation,
+    templates, locks, group commit or storing. What sealinfer adds beyond this is its structure.
+    """
+
+    def __init__(self, session: object, folder: Path) -> None:
+        import hashlib
+        import mmap
+
+        from cryptography.hazmat.primitives import hashes, hmac
+
+        pipeline = session._guard  # type: ignore[attr-defined]
+        self.run_binding = session._session._sess.run  # type: ignore[attr-defined]
+        self.fetches = list(pipeline._fetches or session._output_names)  # type: ignore[attr-defined]
+        self.screens = len(pipeline._screened)
+        self.mac = hmac.HMAC(bytes(32), hashes.SHA256())
+        self.leaf = hashlib.sha256(b"\x00")
+        self.prev = bytes(32)
+        self.file = (folder / "essential.journal").open("w+b")
+        self.file.truncate(64 << 20)
+        self.journal = mmap.mmap(self.file.fileno(), 64 << 20)
+        self.pos = 0
+        self.telemetry: list[tuple[float, str]] = []
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import math
+
+        results = self.run_binding(self.fetches, feeds, None)
+        outputs = results[: len(results) - self.screens]
+        if not all(math.isfinite(v) for v in results[len(outputs):]):
+            raise ValueError("non-finite input")
+        digests = []
+        for tensors in (list(feeds.values()), outputs):
+            mac = self.mac.copy()
+            for t in tensors:
+                mac.update(memoryview(t).cast("B"))
+            digests.append(mac.finalize().hex())
+        body = f'{{"actor":"dr.bench","input_digest":"{digests[0]}","output_digest":"{digests[1]}"}}'.encode()
+        h = self.leaf.copy()
+        h.update(self.prev)
+        h.update(body)
+        self.prev = h.digest()
+        if self.pos + len(body) > len(self.journal):
+            self.pos = 0
+        self.journal[self.pos:self.pos + len(body)] = body
+        self.pos += len(body)
+        self.telemetry.append((time.time(), digests[0]))
+        if len(self.telemetry) > 4096:
+            self.telemetry.clear()
+        return outputs
+
+
 def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarray, calls: int) -> None:
     # Two sessions per contestant, created in the order sealed, plain, plain, sealed: onnxruntime sessions
     # created later in a process run a few per cent faster (3 identical plain sessions here: 2,859 /
@@ -126,6 +182,8 @@ def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarr
     naives = [NaiveSecureWrapper(p, rt.audit_log.path.with_name(f"naive-{first.digest[:8]}-{i}.db"), first.digest)
               for i, p in enumerate(plains)]
     names = [o.name for o in plains[0].get_outputs()]
+    folder = rt.audit_log.path.parent
+    essentials = [EssentialWork(s, folder) for s in sessions]
     pairs = [
         (
             lambda p=p: p.run(None, feeds),
@@ -133,8 +191,9 @@ def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarr
             lambda s=s: s._session.run(names, feeds),
             lambda s=s: s.run(feeds, caller=doctor),
             lambda n=n: n.run(feeds, doctor),
+            lambda e=e: e.run(feeds),
         )
-        for p, s, n in zip(plains, sessions, naives, strict=True)
+        for p, s, n, e in zip(plains, sessions, naives, essentials, strict=True)
     ]
     for pair in pairs:
         for _ in range(100):  # warm-up: caches, allocator, decision cache
@@ -144,37 +203,57 @@ def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarr
     tr = np.empty(calls)
     ts = np.empty(calls)
     tn = np.empty(calls)
+    te = np.empty(calls)
     clock = time.perf_counter_ns
     # Interleave in blocks: each session's onnxruntime thread pool keeps spin-waiting for a while
     # after a call, so strict call-by-call alternation makes the pools fight for the 2 cores and
     # measures that fight; blocks keep each pool undisturbed while drift still hits all alike.
     block = 200
+    background = 0
     for n, start in enumerate(range(0, calls, block)):
         stop = min(calls, start + block)
-        for dst, fn in zip((tp, tr, ts, tn), pairs[n % 2], strict=True):
-            fn()  # re-warm after the other session's block
+        for dst, fn in zip((tp, tr, ts, tn, te), pairs[n % 2], strict=True):
+            # Re-warm for 10 ms after the other sessions' blocks: onnxruntime pins every session's worker
+            # thread to the same core, where the previous session's worker is still spin-waiting.
+            deadline = clock() + 10_000_000
+            fn()
+            while clock() < deadline:
+                fn()
             for i in range(start, stop):
                 t0 = clock()
                 fn()
                 dst[i] = (clock() - t0) / 1e3
+            if dst is ts:
+                # Store this block's audit records and telemetry now, so sealinfer's background work
+                # does not land in the next contestant's block; its cost is reported on its own.
+                t0 = clock()
+                rt.audit_log.flush()
+                rt.telemetry.flush()
+                background += clock() - t0
     for s in sessions:
         s.close()
     p50p, p99p = np.percentile(tp, [50, 99])
     p50r, p99r = np.percentile(tr, [50, 99])
     p50s, p99s = np.percentile(ts, [50, 99])
     p50n, p99n = np.percentile(tn, [50, 99])
+    p50e, p99e = np.percentile(te, [50, 99])
     print(f"\n{label} ({calls} calls each, interleaved in blocks of {block}, 2 sessions each)")
     print(f"  {'':44} {'p50 µs':>10} {'p99 µs':>10}")
     print(f"  {'plain InferenceSession.run, loaded from file':44} {p50p:10.1f} {p99p:10.1f}")
     print(f"  {'plain InferenceSession.run, the sealed one':44} {p50r:10.1f} {p99r:10.1f}")
     print(f"  {'sealinfer session.run (HIPAA)':44} {p50s:10.1f} {p99s:10.1f}")
     print(f"  {'naive secure wrapper (baseline)':44} {p50n:10.1f} {p99n:10.1f}")
+    print(f"  {'essential work only (the floor)':44} {p50e:10.1f} {p99e:10.1f}")
     print(f"  sealinfer vs the same onnxruntime session: added p50 {p50s - p50r:+.1f} µs, "
           f"p50 ratio {p50s / p50r:.3f}, p99 ratio {p99s / p99r:.3f}")
     print(f"  sealinfer vs a session loaded from file:   added p50 {p50s - p50p:+.1f} µs, "
           f"p50 ratio {p50s / p50p:.3f}, p99 ratio {p99s / p99p:.3f}")
     print(f"  naive wrapper vs a session loaded from file: added p50 {p50n - p50p:+.1f} µs, "
           f"p50 ratio {p50n / p50p:.3f}")
+    print(f"  essential work only vs the same onnxruntime session: added p50 {p50e - p50r:+.1f} µs, "
+          f"p50 ratio {p50e / p50r:.3f} (what any audited request costs here)")
+    print(f"  sealinfer's background work, storing audit records and telemetry rows (run between blocks, "
+          f"off the request path): {background / 1e3 / calls:.1f} µs per request")
     print("  where sealinfer's time goes (p50 per phase, from its own telemetry rows): " + phase_breakdown(rt, calls))
 
 

@@ -262,7 +262,7 @@ class RequestPipeline:
             reasons=[*decision.reasons, str(error)] if isinstance(error, InputValidationError) else decision.reasons,
             outcome=outcome,
             error_code=code,
-            input_digest=ctx.digester.digest(inputs) if isinstance(inputs, Mapping) else None,
+            input_digest=ctx.digester.digest(inputs) if _is_mapping(inputs) else None,
             output_digest=ctx.digester.digest(outputs) if outputs is not None else None,
             latency_us=(t5 - t0) // 1000,
         )
@@ -281,8 +281,12 @@ class RequestPipeline:
         return outputs
 
 
+def _is_mapping(inputs: object) -> bool:
+    return type(inputs) is dict or isinstance(inputs, Mapping)  # a dict skips the ABC machinery
+
+
 def _batch(inputs: Mapping[str, Any]) -> int:
-    if not isinstance(inputs, Mapping):  # refused by validation, and still recorded
+    if not _is_mapping(inputs):  # refused by validation, and still recorded
         return 0
     for value in inputs.values():
         shape = getattr(value, "shape", None)

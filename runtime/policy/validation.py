@@ -115,7 +115,7 @@ def _validate(
     spec_list: tuple[TensorSpec, ...],
     limits: InputLimits,
 ) -> None:
-    if not isinstance(inputs, Mapping):
+    if type(inputs) is not dict and not isinstance(inputs, Mapping):  # the ABC check only for others
         raise InputValidationError(
             f"Inputs must be a dict of name -> numpy array, got {type(inputs).__name__}.",
             hint=f"Pass {{{', '.join(repr(s.name) + ': array' for s in spec_list)}}}.",
