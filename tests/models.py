@@ -82,6 +82,16 @@ def deep_mlp(in_dim: int, width: int, depth: int, out_dim: int, *, seed: int = 0
     return _model(nodes, inits, "deep_mlp", ("input", in_dim), ("logits", out_dim))
 
 
+def loose_matmul() -> onnx.ModelProto:
+    """x[N, M] @ ones[3, 2]: the signature leaves M symbolic, but any M other than 3 breaks the MatMul."""
+    weight = numpy_helper.from_array(np.ones((3, 2), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["output"])], "loose_matmul",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "M"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 2])], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
 def _model(nodes: list, inits: list, name: str, inp: tuple[str, int], out: tuple[str, int]) -> onnx.ModelProto:
     """A float32 graph with one [N, d] input and one [N, d] output, at the tests' opset and IR version."""
     graph = helper.make_graph(

@@ -215,12 +215,7 @@ def test_the_in_graph_screen_refuses_as_the_validator_does_and_audits(tmp_path, 
 
 
 def test_a_nan_the_model_fails_on_is_still_reported_as_the_callers_nan(tmp_path, sealed):
-    weight = numpy_helper.from_array(np.ones((3, 2), np.float32), "W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["output"])], "g",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "M"])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 2])], [weight])
-    src = models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    src = models.save(models.loose_matmul(), tmp_path / "m.onnx")
     artifact = seal_for(sealed.keyring, src, tmp_path / "m.sealed", "dev", mark=False)
     with Runtime(sealed.keyring, dev_variant(**GUARDED_DEV), audit_db=tmp_path / "a.db",
                  devices=sealed.devices) as rt:

@@ -305,17 +305,10 @@ def test_submit_queues_by_priority_and_enforces_tenant_quotas(tmp_path: Path, se
 
 def test_an_onnxruntime_failure_inside_the_graph_is_a_typed_error_and_audited(tmp_path: Path, sealed: Sealed):
     """Inputs that pass the signature but break a node (dims the signature leaves symbolic) fail closed."""
-    from onnx import TensorProto, helper, numpy_helper
-
     from sealinfer.runtime.errors import ModelError
     from sealinfer.tests import models
 
-    weight = numpy_helper.from_array(np.ones((3, 2), np.float32), "W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["output"])], "g",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "M"])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 2])], [weight])
-    src = models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    src = models.save(models.loose_matmul(), tmp_path / "m.onnx")
     artifact = seal_for(sealed.keyring, src, tmp_path / "m.sealed", "dev", mark=False)
     with Runtime(sealed.keyring, "dev", audit_db=tmp_path / "a.db", devices=sealed.devices) as rt:
         session = rt.load(artifact, caller=SERVICE)
