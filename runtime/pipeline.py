@@ -54,6 +54,9 @@ _REQUESTS = itertools.count(1)
 class TensorDigester:
     """HMAC-SHA256 over names, dtypes, shapes and bytes: links records to data without revealing it.
 
+    Per tensor, in name order: ``name|dtype|shape|`` then its bytes (C order), or for object arrays
+    (e.g. string labels) the ``repr`` of their values, since their bytes are object addresses.
+
     The keyed HMAC state is prepared once and copied per digest: setting HMAC up from the key each
     time cost more than hashing a small request.
     """
