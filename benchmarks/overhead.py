@@ -29,6 +29,9 @@ p50 ratio <= 1.03 on the few-ms model.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import math
+import mmap
 import os
 import tempfile
 import time
@@ -39,6 +42,8 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import numpy as np
 import onnxruntime as ort
 import yaml
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from sealinfer.runtime import Caller, Runtime, SealOptions, seal_model
 from sealinfer.runtime.keys.keyring import Keyring
@@ -115,16 +120,11 @@ class EssentialWork:
     """
 
     def __init__(self, session: object, folder: Path) -> None:
-        import hashlib
-        import mmap
-
-        from cryptography.hazmat.primitives import hashes, hmac
-
         pipeline = session._guard  # type: ignore[attr-defined]
         self.run_binding = session._session._sess.run  # type: ignore[attr-defined]
         self.fetches = list(pipeline._fetches or session._output_names)  # type: ignore[attr-defined]
         self.screens = len(pipeline._screened)
-        self.mac = hmac.HMAC(bytes(32), hashes.SHA256())
+        self.mac = crypto_hmac.HMAC(bytes(32), hashes.SHA256())
         self.leaf = hashlib.sha256(b"\x00")
         self.prev = bytes(32)
         self.file = (folder / "essential.journal").open("w+b")
@@ -134,8 +134,6 @@ class EssentialWork:
         self.telemetry: list[tuple[float, str]] = []
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        import math
-
         results = self.run_binding(self.fetches, feeds, None)
         outputs = results[: len(results) - self.screens]
         if not all(math.isfinite(v) for v in results[len(outputs):]):

@@ -12,13 +12,13 @@ Outputs are predictions about patients: by default only their names, dtypes and 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from sealinfer.runtime.atomic import atomic_output
 from sealinfer.runtime.cli.common import keyring_option, load_arrays, load_npz, open_keyring
 from sealinfer.runtime.errors import ConfigurationError, InputValidationError, SealinferError
 
@@ -105,8 +105,7 @@ def read_inputs(specs: tuple[str, ...], npz: Path | None) -> dict[str, np.ndarra
 
 def _report(outputs: dict[str, Any], output: Path | None, as_json: bool) -> None:
     if output is not None:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_output(output, mode=0o600) as fh:  # owner only; never a half-written file of predictions
             np.savez(fh, **outputs)
         click.echo(f"wrote {len(outputs)} output(s) to {output}")
     if as_json:

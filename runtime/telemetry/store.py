@@ -99,7 +99,11 @@ def rollup_rows(records: Iterable[TelemetryRecord]) -> tuple[list[tuple[Any, ...
     return ([(*k, *v) for k, v in groups.items()], [(*k, n) for k, n in hist.items()])
 
 
-def _built(item: TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]) -> TelemetryRecord:
+# What the buffer holds: a finished record, or a session's fixed fields and one request's values.
+_Queued = TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]
+
+
+def _built(item: _Queued) -> TelemetryRecord:
     return item if type(item) is TelemetryRecord else item[0].record(item[1])  # type: ignore[union-attr,index]
 
 
@@ -136,7 +140,7 @@ class TelemetryStore:
         self._metrics = metrics
         self._conn = self._open(self.path)
         self._db = sqlite_utils.Database(self._conn)
-        self._buf: list[TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]] = []
+        self._buf: list[_Queued] = []
         self._buf_lock = threading.Lock()
         self._write_lock = threading.Lock()  # one writer on the connection at a time
         self._wake = threading.Event()
@@ -177,7 +181,7 @@ class TelemetryStore:
         """``record(fields.record(values))``, with the record built by the writer, not by the request's thread."""
         self._queue((fields, values))
 
-    def _queue(self, item: TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]) -> None:
+    def _queue(self, item: _Queued) -> None:
         with self._buf_lock:  # checked under the lock so nothing slips in after close()'s final flush
             if self._closed:
                 raise StoreError("The telemetry store is closed.",
@@ -222,7 +226,7 @@ class TelemetryStore:
         self._maybe_apply_retention()
         return len(batch)
 
-    def _write(self, items: list[TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]]) -> None:
+    def _write(self, items: list[_Queued]) -> None:
         batch = [_built(item) for item in items]
         rollups, hist = rollup_rows(batch)
         conn = self._conn
