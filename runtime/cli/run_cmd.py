@@ -3,7 +3,8 @@
 Inputs come from ``.npy`` files (``--input NAME=FILE``) or one ``.npz`` holding every input by name,
 read without pickle. With ``--policy`` the call goes through the whole pipeline (authorization,
 validation, output guards, audit, telemetry) as ``--user/--role/--purpose``; the exit code says how it
-ended (3 denied, 2 bad input, 1 other failure) and the audit record's seq is printed either way.
+ended (3 denied, 2 bad arguments, 1 any other refusal or failure, a refused input included) and the
+audit record's seq is printed either way.
 
 Outputs are predictions about patients: by default only their names, dtypes and shapes are printed.
 ``-o FILE.npz`` writes them (mode 0600) and ``--json`` prints their values, both on request only.
