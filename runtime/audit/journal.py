@@ -8,11 +8,12 @@ segment is ``fdatasync``-ed before the append returns. The log's writer moves re
 ``audit.db`` in batches behind the appenders; a segment is deleted only once every record in it is
 stored. Opening the log for writing moves in whatever a crash left behind.
 
-A frame is ``len(body) (4 bytes) | seq (8) | prev_hash (32) | entry_hash (32) | body``, padded with
-zeros to a multiple of 8, and ``entry_hash`` is the record's chain hash over ``seq``, ``prev_hash`` and
-``body``: every frame checks itself. The length is written last, so a frame the crash cut short still
-reads as length 0, the end of the segment (it was never acknowledged); a frame with a length that does
-not check out is damage, and refused.
+A frame is ``len(event) (4 bytes) | crc32 (4) | seq (8) | time_ns (8) | event``, padded with zeros to
+a multiple of 8, where ``event`` is the canonical event JSON and the CRC-32 covers seq, time and event:
+the record's position and time are fixed here, and its body and chain hash are made from them when it
+is stored (:mod:`.chain`). The length is written last, so a frame the crash cut short still reads as
+length 0, the end of the segment (it was never acknowledged); a frame whose checksum, padding or place
+in the sequence does not check out is damage, and refused.
 
 Segments are files ``<db>-ack-<n>``, 0600, next to the database; a lock file makes one writer per log.
 """
@@ -20,55 +21,37 @@ Segments are files ``<db>-ack-<n>``, 0600, next to the database; a lock file mak
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import mmap
 import os
 import re
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 from sealinfer.runtime.audit import schema
-from sealinfer.runtime.audit.merkle import leaf_hash
+from sealinfer.runtime.audit.chain import Acked
 from sealinfer.runtime.errors import StoreError
 
-FRAME_OVERHEAD = 4 + 8 + 64  # length, seq, prev_hash, entry_hash
-_MAX_BODY = 1 << 20  # a body is a few hundred bytes; anything near this is damage, not a record
+FRAME_OVERHEAD = 4 + 4 + 8 + 8  # length, crc32, seq, time_ns
+_MAX_BODY = 1 << 20  # an event is a few hundred bytes; anything near this is damage, not a record
 SEGMENT_BYTES = 16 << 20  # preallocated size of a segment (larger if one batch needs more)
-
-
-class Row(NamedTuple):
-    """One record as the log stores it."""
-
-    seq: int
-    body: str
-    prev_hash: bytes
-    entry_hash: bytes
+_SEQ_TIME = struct.Struct(">QQ")
+_PADDING = [bytes(n) for n in range(8)]
 
 
 def frame_size(length: int) -> int:
-    """Bytes a frame with a body of ``length`` bytes takes, padding included."""
+    """Bytes a frame with an event of ``length`` bytes takes, padding included."""
     return FRAME_OVERHEAD + length + (-(FRAME_OVERHEAD + length) % 8)
 
 
-_LEAF = hashlib.sha256(b"\x00")  # the Merkle leaf prefix every entry hash starts with
-
-
-def chain_frame(seq: int, prev_hash: bytes, body: str) -> tuple[Row, tuple[int, bytes]]:
-    """The record after ``prev_hash`` and its frame as (body length, everything after the length).
-
-    The entry hash is ``merkle.leaf_hash(schema.leaf_input(...))`` written out, because this runs on
-    every append and its encoded parts are reused for the frame.
-    """
-    raw = body.encode()
-    head = seq.to_bytes(8, "big") + prev_hash
-    h = _LEAF.copy()  # copying a started hash costs less than starting one (and than joining the bytes)
-    h.update(head)
-    h.update(raw)
-    entry = h.digest()
-    rest = head + entry + raw + bytes(frame_size(len(raw)) - FRAME_OVERHEAD - len(raw))
-    return Row(seq, body, prev_hash, entry), (len(raw), rest)
+def frame(seq: int, time_ns: int, event: str) -> tuple[int, bytes]:
+    """The frame of an acknowledged event as (event length, everything after the length)."""
+    raw = event.encode()
+    seq_time = _SEQ_TIME.pack(seq, time_ns)
+    crc = zlib.crc32(raw, zlib.crc32(seq_time))
+    return len(raw), crc.to_bytes(4, "big") + seq_time + raw + _PADDING[-(FRAME_OVERHEAD + len(raw)) % 8]
 
 
 def segment_paths(db_path: Path) -> list[Path]:
@@ -82,8 +65,8 @@ def segment_paths(db_path: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def read_rows(db_path: Path) -> Iterator[Row]:
-    """Every frame of every segment, in order; each segment ends at its first zero length."""
+def read_acked(db_path: Path) -> Iterator[Acked]:
+    """Every acknowledged event of every segment, in order; each segment ends at its first zero length."""
     for path in segment_paths(db_path):
         data = path.read_bytes()
         offset = 0
@@ -91,32 +74,31 @@ def read_rows(db_path: Path) -> Iterator[Row]:
             length = int.from_bytes(data[offset:offset + 4], "big")
             if length == 0:
                 break  # the end, or a frame the crash cut short before its length was written
-            row = _parse(data, offset, length)
-            if row is None:
+            acked = _parse(data, offset, length)
+            if acked is None:
                 raise schema.AuditSchemaError(
                     f"Audit journal {path} is damaged at byte {offset}: a record that was acknowledged "
                     "cannot be read back.",
                     hint="Keep the file for investigation, restore the log from the retention archive, "
                     "and run `sealinfer audit verify`.")
-            yield row
+            yield acked
             offset += frame_size(length)
 
 
-def _parse(data: bytes, offset: int, length: int) -> Row | None:
+def _parse(data: bytes, offset: int, length: int) -> Acked | None:
     end = offset + FRAME_OVERHEAD + length
-    if length > _MAX_BODY or end > len(data):
+    padded = offset + frame_size(length)
+    if length > _MAX_BODY or padded > len(data) or any(data[end:padded]):
         return None
-    seq = int.from_bytes(data[offset + 4: offset + 12], "big")
-    prev = data[offset + 12: offset + 44]
-    entry = data[offset + 44: offset + FRAME_OVERHEAD]
-    body = data[offset + FRAME_OVERHEAD: end]
-    if leaf_hash(schema.leaf_input(seq, prev, body)) != entry:
+    crc = int.from_bytes(data[offset + 4:offset + 8], "big")
+    if zlib.crc32(data[offset + 8:end]) != crc:
         return None
+    seq, time_ns = _SEQ_TIME.unpack_from(data, offset + 8)
     try:
-        text = body.decode("ascii")
+        event = data[offset + FRAME_OVERHEAD:end].decode("ascii")
     except UnicodeDecodeError:
         return None
-    return Row(seq, text, prev, entry)
+    return seq, time_ns, event
 
 
 class AckJournal:
@@ -164,8 +146,28 @@ class AckJournal:
     def _path(self, number: int) -> Path:
         return self.db_path.with_name(f"{self.db_path.name}-ack-{number:08d}")
 
+    def write(self, length: int, rest: bytes, seq: int) -> None:
+        """``append([(length, rest)], seq)``: the lone appender's one frame, with no loop to set up."""
+        start = self._end
+        end = start + 4 + len(rest)
+        if end > self._size:
+            self.append([(length, rest)], seq)
+            return
+        mm = self._mm
+        assert mm is not None
+        try:
+            mm[start + 4:end] = rest
+            mm[start:start + 4] = length.to_bytes(4, "big")  # last: until now the frame reads as absent
+            if self.sync:
+                os.fdatasync(self._fd)
+        except BaseException:
+            mm[start:end] = bytes(end - start)
+            raise
+        self._end = end
+        self._last_seq = seq
+
     def append(self, frames: list[tuple[int, bytes]], last_seq: int) -> None:
-        """Copy frames (as ``chain_frame`` makes them) into the segment; durable for ``process`` on return.
+        """Copy frames (as ``frame`` makes them) into the segment; durable for ``process`` on return.
 
         On failure nothing stays behind: the frames written so far are zeroed again.
         """
@@ -237,6 +239,6 @@ def _fsync_dir(path: Path) -> None:
 def pending_records(db_path: Path, stored: int) -> int:
     """How many acknowledged records wait in the journal beyond ``stored`` (for verify and reports)."""
     try:
-        return sum(1 for row in read_rows(db_path) if row.seq > stored)
+        return sum(1 for seq, _, _ in read_acked(db_path) if seq > stored)
     except (OSError, StoreError):
         return 0

@@ -1,11 +1,12 @@
 """``AuditLog``: the append-only, hash-chained, checkpointed audit log, acknowledged through a journal.
 
-An append is acknowledged once its record is chained and its frame is in the acknowledgement journal
-(:mod:`.journal`): copied into a shared file mapping in ``process`` durability (the page cache
-survives a crash of the process), plus ``fdatasync`` in ``power`` durability. Appends group-commit on
-that journal, leader/follower: the caller that finds no write in progress leads, takes every pending
-record and writes them at once; callers arriving meanwhile queue and wait, and the next one to wake
-without a receipt leads the next batch. A lone caller writes its own record with no hand-off.
+An append is acknowledged once it has its seq and time and its frame is in the acknowledgement
+journal (:mod:`.journal`): copied into a shared file mapping in ``process`` durability (the page cache
+survives a crash of the process), plus ``fdatasync`` in ``power`` durability. The record's body and
+chain hash are made from the acknowledged event when it is stored (:mod:`.chain`), off the request.
+Appends group-commit on that journal, leader/follower: the caller that finds no write in progress
+leads, takes every pending record and writes them at once; callers arriving meanwhile queue and wait,
+and the next one to wake without a receipt leads the next batch. A lone caller writes its own record with no hand-off.
 
 Acknowledged records reach ``audit.db`` (:mod:`.store`) in batches: under load the appender that
 finds enough waiting stores them, otherwise the writer thread; checkpoints are signed there and the
@@ -17,7 +18,6 @@ in before anything else is appended.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -30,9 +30,10 @@ from types import TracebackType
 from typing import NamedTuple
 
 from sealinfer.runtime.audit import schema
+from sealinfer.runtime.audit.chain import Acked, Row, chain
 from sealinfer.runtime.audit.checkpoint import Checkpoint
-from sealinfer.runtime.audit.journal import AckJournal, Row, chain_frame, read_rows
-from sealinfer.runtime.audit.record import AuditEvent, make_body, rfc3339, rfc3339_ns, uuid7
+from sealinfer.runtime.audit.journal import AckJournal, frame, read_acked
+from sealinfer.runtime.audit.record import AuditEvent
 from sealinfer.runtime.audit.store import DURABILITY, AuditStore
 from sealinfer.runtime.audit.template import RenderedEvent
 from sealinfer.runtime.errors import ConfigurationError, StoreError
@@ -46,10 +47,13 @@ _MAX_BACKLOG = 200_000  # appenders wait when this many acknowledged records are
 
 
 class AuditReceipt(NamedTuple):
-    """Proof of acknowledgement: the record's position and hash (hex) once it is committed."""
+    """Proof of acknowledgement: the record's position in the log, fixed once it is acknowledged.
+
+    The entry hash is not part of it: the chain is computed when the record is stored (``flush()``
+    makes that happen now; ``sealinfer audit verify`` checks it).
+    """
 
     seq: int
-    entry_hash: str
 
 
 class _Pending:
@@ -101,12 +105,13 @@ class AuditLog:
             self._store.close()
             raise
         self.log_id = self._store.log_id
-        self._size, self._head, self._last_ns = self._store.size, self._store.head, self._store.last_ns
+        self._size, self._last_ns = self._store.size, self._store.last_ns
         self._mutex = threading.Lock()
         self._idle = threading.Condition(self._mutex)  # signalled when nobody holds the commit role
         self._stored_cond = threading.Condition(self._mutex)  # signalled after each store
         self._pending: list[_Pending] = []
-        self._unstored: list[Row] = []
+        self._unstored: list[Acked] = []  # acknowledged, in seq order, not yet chained and stored
+        self._chained: list[Row] = []  # chained for a store that failed: retried as they are (under _store_lock)
         self._committing = False
         self._role_waiters = 0  # threads waiting in _role(); only they need the idle signal
         self._closed = False
@@ -122,27 +127,26 @@ class AuditLog:
     def _recover(self) -> None:
         """Move records a crash left in the journal into the database, then start a fresh segment."""
         store = self._store
-        rows = [row for row in read_rows(self.path) if row.seq > store.size]
-        expected, prev = store.size + 1, store.head
-        for row in rows:
-            if row.seq != expected or row.prev_hash != prev:
+        acked = [a for a in read_acked(self.path) if a[0] > store.size]
+        for expected, (seq, _, _) in enumerate(acked, store.size + 1):
+            if seq != expected:
                 raise schema.AuditSchemaError(
-                    f"Audit journal of {self.path} does not continue the stored chain at seq {row.seq} "
+                    f"Audit journal of {self.path} does not continue the stored log at seq {seq} "
                     f"(expected seq {expected}).",
                     hint="Keep the journal files for investigation, restore the log from the retention "
                     "archive, and run `sealinfer audit verify`.")
-            expected, prev = row.seq + 1, row.entry_hash
-        for start in range(0, len(rows), _STORE_BATCH):
-            store.store(rows[start:start + _STORE_BATCH], force_checkpoint=start + _STORE_BATCH >= len(rows))
-        if rows:
-            store.last_ns = max(store.last_ns, rfc3339_ns(json.loads(rows[-1].body)["time"]))
+        for start in range(0, len(acked), _STORE_BATCH):
+            rows = chain(acked[start:start + _STORE_BATCH], store.head)
+            store.store(rows, force_checkpoint=start + _STORE_BATCH >= len(acked))
+        if acked:
+            store.last_ns = max(store.last_ns, acked[-1][1])
         self._journal.remove_stale()
         self._journal.start()
 
     # --- appending ------------------------------------------------------------------------------
 
     def append(self, event: AuditEvent | RenderedEvent) -> AuditReceipt:
-        """Append one record; returns once it is acknowledged (chained and durable in the journal).
+        """Append one record; returns once it is acknowledged (its seq and time fixed, durable in the journal).
 
         ``event`` is an :class:`AuditEvent`, or the same already rendered by an :class:`EventTemplate`.
         """
@@ -155,22 +159,23 @@ class AuditLog:
             return self._submit([payload])[0]  # queue behind a writer, fail, or wait: the general path
         self._committing = True  # a lone caller: write our own record, no batch bookkeeping
         mutex.release()
-        now = max(time.time_ns(), self._last_ns)
+        now = max(time.time_ns(), self._last_ns)  # times never go backwards along the log
         seq = self._size + 1
-        row, framed = chain_frame(seq, self._head, make_body(payload, uuid7(now // 1_000_000), rfc3339(now)))
         try:
-            self._journal.append([framed], seq)
+            self._journal.write(*frame(seq, now, payload), seq)
         except BaseException as exc:
             with mutex:
                 self._release_role()
             raise self._not_written(exc) from exc
-        self._size, self._head, self._last_ns = seq, row.entry_hash, now
+        self._size, self._last_ns = seq, now
         with mutex:
-            self._queue([row])
+            if not self._unstored:
+                self._unstored_since = time.monotonic()
+            self._unstored.append((seq, now, payload))
             self._release_role()
         if len(self._unstored) >= _STORE_BATCH:
             self._store_if_idle()
-        return AuditReceipt(seq, row.entry_hash.hex())
+        return AuditReceipt(seq)
 
     def append_many(self, events: Sequence[AuditEvent | RenderedEvent]) -> list[AuditReceipt]:
         """Append several records in one journal write (imports, benchmarks)."""
@@ -250,14 +255,14 @@ class AuditLog:
     def _lead(self, batch: list[_Pending]) -> None:
         """Write ``batch`` (we hold the commit role), wake its waiters, hand the role on or drop it."""
         error: BaseException | None = None
-        rows: list[Row] = []
+        acked: list[Acked] = []
         try:
-            rows = self._write(batch)
+            acked = self._write(batch)
         except BaseException as exc:  # every waiter of the batch must learn its record was not written
             error = exc
         with self._mutex:
-            if rows:
-                self._queue(rows)
+            if acked:
+                self._queue(acked)
             # Waiters wake one another in a chain rather than all at once: a crowd woken together only
             # queues again for the GIL, and each of those hand-offs is another context switch.
             first: _Pending | None = None
@@ -270,11 +275,11 @@ class AuditLog:
                 first.wake.release()  # type: ignore[union-attr]
             self._release_role()
 
-    def _queue(self, rows: list[Row]) -> None:
-        """Hand acknowledged rows to storing (call with the mutex held)."""
+    def _queue(self, acked: list[Acked]) -> None:
+        """Hand acknowledged events to storing (call with the mutex held)."""
         if not self._unstored:
             self._unstored_since = time.monotonic()
-        self._unstored.extend(rows)
+        self._unstored.extend(acked)
 
     def _not_written(self, cause: BaseException) -> StoreError:
         return StoreError(f"Audit record not written to {self.path}: {cause}",
@@ -289,32 +294,28 @@ class AuditLog:
             if self._role_waiters:
                 self._idle.notify_all()
 
-    def _write(self, batch: list[_Pending]) -> list[Row]:
-        """Chain and journal ``batch``; returns its rows (the acknowledgement point is the journal write)."""
+    def _write(self, batch: list[_Pending]) -> list[Acked]:
+        """Journal ``batch``; returns its acknowledged events (the acknowledgement point is the journal write)."""
         if self._group and self._pending:  # whoever queued while we were waking joins this write
             with self._mutex:
                 batch.extend(self._pending)
                 self._pending = []
-        now = max(time.time_ns(), self._last_ns)  # times never go backwards along the chain
-        ts = rfc3339(now)
-        ms = now // 1_000_000
-        seq, prev = self._size + 1, self._head
-        rows: list[Row] = []
+        now = max(time.time_ns(), self._last_ns)  # times never go backwards along the log
+        seq = self._size + 1
+        acked: list[Acked] = []
         frames: list[tuple[int, bytes]] = []
         for p in batch:
             receipts = []
             for payload in p.payloads:
-                row, framed = chain_frame(seq, prev, make_body(payload, uuid7(ms), ts))
-                rows.append(row)
-                frames.append(framed)
-                receipts.append(AuditReceipt(seq, row.entry_hash.hex()))
-                prev = row.entry_hash
+                acked.append((seq, now, payload))
+                frames.append(frame(seq, now, payload))
+                receipts.append(AuditReceipt(seq))
                 seq += 1
             p.receipts = receipts
-        if rows:
+        if acked:
             self._journal.append(frames, seq - 1)
-            self._size, self._head, self._last_ns = seq - 1, prev, now
-        return rows
+            self._size, self._last_ns = seq - 1, now
+        return acked
 
     @contextmanager
     def _role(self) -> Iterator[None]:
@@ -341,17 +342,21 @@ class AuditLog:
             self._store_held(force_checkpoint=force_checkpoint)
 
     def _store_held(self, *, force_checkpoint: bool = False) -> None:
-        """Move every acknowledged record into the database; the caller holds ``_store_lock``."""
-        with self._mutex:  # appenders add rows in seq order under it: what we take is a contiguous run
-            rows, self._unstored = self._unstored, []
+        """Chain every acknowledged record and store it; the caller holds ``_store_lock``."""
+        with self._mutex:  # appenders add events in seq order under it: what we take is a contiguous run
+            acked, self._unstored = self._unstored, []
+        rows = self._chained
+        if acked:  # chained once: a retry stores the very same bodies (event ids included)
+            rows = rows + chain(acked, rows[-1].entry_hash if rows else self._store.head)
         try:
             self._store.store(rows, force_checkpoint=force_checkpoint)
         except BaseException as exc:
+            self._chained = rows  # still acknowledged, still in the journal: retried
             with self._mutex:
-                self._unstored[:0] = rows  # still acknowledged, still in the journal: retried
                 self._store_error = exc
                 self._stored_cond.notify_all()
             raise
+        self._chained = []
         self._journal.drop_stored(self._store.size)
         with self._mutex:
             self._store_error = None
@@ -443,10 +448,6 @@ class AuditLog:
     def size(self) -> int:
         """Records acknowledged so far."""
         return self._size
-
-    @property
-    def head_hash(self) -> str:
-        return self._head.hex()
 
     def latest_checkpoint(self) -> Checkpoint | None:
         conn = schema.connect(self.path, readonly=True)  # the store's connection belongs to the writer

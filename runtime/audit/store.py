@@ -15,8 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from sealinfer.runtime.audit import schema
+from sealinfer.runtime.audit.chain import Row
 from sealinfer.runtime.audit.checkpoint import Checkpoint, sign_checkpoint
-from sealinfer.runtime.audit.journal import Row
 from sealinfer.runtime.audit.merkle import Frontier, MerkleTree, leaf_hash
 from sealinfer.runtime.audit.record import rfc3339, rfc3339_ns
 from sealinfer.runtime.errors import StoreError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sealinfer.runtime.audit.journal import read_rows
+from sealinfer.runtime.audit.journal import read_acked
 from sealinfer.runtime.audit.log import AuditLog
 from sealinfer.runtime.audit.verify import verify_log
 
@@ -64,7 +64,7 @@ def crash_loop(path: Path, iterations: int, seed: int, durability: str = "proces
         conn = sqlite3.connect(path)
         present = {r[0] for r in conn.execute("SELECT seq FROM audit_events")}
         conn.close()
-        journaled = {row.seq for row in read_rows(path)}
+        journaled = {seq for seq, _, _ in read_acked(path)}
         lost = acked - present - journaled
         assert not lost, f"acknowledged records lost after SIGKILL: {sorted(lost)[:10]}"
         # ... and opening it for writing, as a restarted runtime does, moves them all into the database.
@@ -73,7 +73,7 @@ def crash_loop(path: Path, iterations: int, seed: int, durability: str = "proces
         present = {r[0] for r in conn.execute("SELECT seq FROM audit_events")}
         conn.close()
         assert not acked - present, f"acknowledged records not recovered: {sorted(acked - present)[:10]}"
-        assert not list(read_rows(path)), "the journal was not emptied after recovery"
+        assert not list(read_acked(path)), "the journal was not emptied after recovery"
         result = verify_log(path, trust_for(make_signer()))
         assert result.ok, result.problem
     return len(acked)

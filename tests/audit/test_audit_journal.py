@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sealinfer.runtime.audit import log as log_module
-from sealinfer.runtime.audit.journal import FRAME_OVERHEAD, read_rows, segment_paths
+from sealinfer.runtime.audit.chain import chain
+from sealinfer.runtime.audit.journal import FRAME_OVERHEAD, frame_size, read_acked, segment_paths
 from sealinfer.runtime.audit.log import AuditLog
 from sealinfer.runtime.audit.schema import AuditSchemaError
 from sealinfer.runtime.audit.verify import verify_log
@@ -49,7 +51,7 @@ def crashed(tmp_path: Path) -> Path:
         for i in range(5):
             log.append(make_event(100 + i))
     subprocess.run([sys.executable, "-c", CHILD, str(path), SEED_KEY.hex()], check=True)
-    assert _db_count(path) == 5 and len(list(read_rows(path))) == 30
+    assert _db_count(path) == 5 and len(list(read_acked(path))) == 30
     return path
 
 
@@ -65,7 +67,7 @@ def test_reopening_after_a_crash_stores_the_journal_and_signs_it(crashed: Path) 
     with AuditLog(crashed, signer=make_signer()) as log:
         assert log.size == 35
         assert log.append(make_event(1)).seq == 36
-    assert _db_count(crashed) == 36 and not list(read_rows(crashed))
+    assert _db_count(crashed) == 36 and not list(read_acked(crashed))
     result = verify_log(crashed, trust_for(make_signer()))
     assert result.ok and result.records == 36 and result.covered == 36
     assert not any("journal" in w for w in result.warnings)
@@ -76,7 +78,7 @@ def _frames_end(segment: Path) -> int:
     offset = 0
     while int.from_bytes(data[offset:offset + 4], "big"):
         length = int.from_bytes(data[offset:offset + 4], "big")
-        offset += FRAME_OVERHEAD + length + (-(FRAME_OVERHEAD + length) % 8)
+        offset += frame_size(length)
     return offset
 
 
@@ -158,15 +160,15 @@ def test_a_lone_append_whose_journal_write_fails_is_refused_and_the_chain_goes_o
     path = tmp_path / "a.db"
     with AuditLog(path, signer=make_signer()) as log:
         assert log.append(make_event(0)).seq == 1
-        real = log._journal.append
+        real = log._journal.write
 
-        def unplugged(frames, last_seq) -> None:
+        def unplugged(length, rest, seq) -> None:
             raise OSError("No space left on device")
 
-        monkeypatch.setattr(log._journal, "append", unplugged)
+        monkeypatch.setattr(log._journal, "write", unplugged)
         with pytest.raises(StoreError, match="No space left"):
             log.append(make_event(1))
-        monkeypatch.setattr(log._journal, "append", real)
+        monkeypatch.setattr(log._journal, "write", real)
         assert log.append(make_event(2)).seq == 2  # the refused record took no seq; the writer role was freed
     assert _db_count(path) == 2 and verify_log(path, trust_for(make_signer())).ok
 
@@ -203,3 +205,73 @@ def test_appends_are_not_sent_to_the_batching_path_while_another_thread_stores(t
     storer.join(10)
     log.close()
     assert _db_count(path) == 30 and verify_log(path, trust_for(make_signer())).ok
+
+
+def test_a_frame_with_damaged_padding_is_refused(crashed: Path, tmp_path: Path) -> None:
+    path = _copy(crashed, tmp_path / "padding")
+    segment = segment_paths(path)[-1]
+    data = bytearray(segment.read_bytes())
+    length = int.from_bytes(data[:4], "big")
+    padding = frame_size(length) - FRAME_OVERHEAD - length
+    assert padding  # the test's events are sized so that the first frame is padded
+    data[frame_size(length) - 1] = 0x20
+    segment.write_bytes(bytes(data))
+    with pytest.raises(AuditSchemaError, match="damaged at byte 0"):
+        AuditLog(path, signer=make_signer())
+
+
+def test_a_journal_that_skips_a_seq_is_refused(crashed: Path, tmp_path: Path) -> None:
+    path = _copy(crashed, tmp_path / "gap")
+    segment = segment_paths(path)[-1]
+    data = bytearray(segment.read_bytes())
+    first = frame_size(int.from_bytes(data[:4], "big"))
+    second = frame_size(int.from_bytes(data[first:first + 4], "big"))
+    del data[first:first + second]  # seq 7 gone: the frames still check themselves, the sequence does not
+    segment.write_bytes(bytes(data) + bytes(second))
+    with pytest.raises(AuditSchemaError, match="does not continue the stored log at seq 8"):
+        AuditLog(path, signer=make_signer())
+    assert _db_count(path) == 5
+
+
+def test_chain_is_the_leaf_hash_of_the_stored_body() -> None:
+    from sealinfer.runtime.audit.merkle import leaf_hash
+    from sealinfer.runtime.audit.record import rfc3339
+    from sealinfer.runtime.audit.schema import leaf_input
+
+    genesis = bytes(range(32))
+    t = 1_767_225_600_123_456_789
+    acked = [(4, t, make_event(1).to_json()), (5, t + 1_000, make_event(2).to_json())]
+    rows = chain(acked, genesis)
+    assert [r.seq for r in rows] == [4, 5] and rows[0].prev_hash == genesis
+    assert rows[1].prev_hash == rows[0].entry_hash
+    for row, (_, ns, event) in zip(rows, acked, strict=True):
+        assert row.entry_hash == leaf_hash(leaf_input(row.seq, row.prev_hash, row.body.encode()))
+        body = json.loads(row.body)
+        assert body["time"] == rfc3339(ns) and body["event_id"].startswith(f"{ns // 1_000_000:012x}"[:8])
+        assert row.body.endswith(event[1:])  # the event's own fields verbatim after the assigned ones
+
+
+def test_a_store_that_fails_is_retried_with_the_same_records(tmp_path: Path, monkeypatch) -> None:
+    """Records are chained once: the retry stores the bodies (and event ids) the failed attempt had."""
+    monkeypatch.setattr(log_module, "_STORE_INTERVAL", 3600.0)
+    path = tmp_path / "a.db"
+    log = AuditLog(path, signer=make_signer())
+    for i in range(3):
+        log.append(make_event(i))
+    real, attempts = log._store.store, []
+
+    def failing_once(rows, *, force_checkpoint=False):
+        attempts.append([r.body for r in rows])
+        if len(attempts) == 1:
+            raise OSError("database or disk is full")
+        real(rows, force_checkpoint=force_checkpoint)
+
+    monkeypatch.setattr(log._store, "store", failing_once)
+    with pytest.raises(StoreError, match="disk is full"):
+        log.flush()
+    log.flush()
+    log.close()
+    assert len(attempts[0]) == 3 and attempts[1] == attempts[0]
+    with sqlite3.connect(path) as conn:
+        assert [r[0] for r in conn.execute("SELECT body FROM audit_events ORDER BY seq")] == attempts[0]
+    assert verify_log(path, trust_for(make_signer())).ok
