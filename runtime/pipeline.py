@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as _hmac
 
 from sealinfer.runtime.audit.record import AuditEvent
-from sealinfer.runtime.audit.template import EventTemplate, HexDigest
+from sealinfer.runtime.audit.template import EventTemplate, HexDigest, OutcomeTemplate
 from sealinfer.runtime.errors import (
     ConfigurationError,
     InputValidationError,
@@ -32,7 +32,7 @@ from sealinfer.runtime.errors import (
     SealinferError,
     UnknownPrincipalError,
 )
-from sealinfer.runtime.policy.authz import AccessDeniedError, Authorizer, ModelResource
+from sealinfer.runtime.policy.authz import AccessDeniedError, Authorizer, Decision, ModelResource
 from sealinfer.runtime.policy.graphguards import GraphGuards
 from sealinfer.runtime.policy.guards import OutputGuard
 from sealinfer.runtime.policy.validation import InputValidator
@@ -94,7 +94,7 @@ def keyed_digest(key: bytes, tensors: Mapping[str, Any]) -> str:
 
 
 _HEADERS = 256  # (name, dtype, shape) headers remembered per digester
-_TEMPLATES = 4096  # callers remembered per session; the cache starts over when full
+_CALLERS = 4096  # callers remembered per session; the cache starts over when full
 
 
 @dataclass
@@ -135,6 +135,19 @@ class SecurityContext:
         )
 
 
+class _CallerPlan:
+    """What all of one caller's requests to one session share, under one policy version."""
+
+    __slots__ = ("decision", "served", "template")
+
+    def __init__(self, decision: Decision, template: EventTemplate) -> None:
+        self.decision = decision  # the authorizer's (cached) decision
+        self.template = template  # the record's fixed fields
+        # the record of a request that is allowed and served: only digests and latency left to fill in
+        self.served: OutcomeTemplate | None = template.ending(
+            decision="allow", reasons=decision.reasons, outcome="ok") if decision.allowed else None
+
+
 class RequestPipeline:
     """Runs one session's requests through the policy. Thread-safe (its parts are)."""
 
@@ -155,6 +168,7 @@ class RequestPipeline:
         self._fetches = compiled.fetches if compiled else None
         self._outputs = compiled.outputs if compiled else ()
         self._screened = compiled.screened if compiled else ()
+        self._screens = tuple(enumerate(self._screened, len(self._outputs)))  # (index in the results, input)
         self._validate = InputValidator(specs, ctx.profile.inputs, screened=frozenset(self._screened))
         self._guard = OutputGuard(ctx.profile.outputs) if ctx.profile.outputs.active else None
         self._transform = self._guard is not None and not (compiled and compiled.rounded) and (
@@ -173,24 +187,34 @@ class RequestPipeline:
             config=ctx.config_label, features=self._features, device=device, model_param_bytes=self._param_bytes,
             request_prefix=_PROCESS_ID, features_json=features_json(self._features),
         )
-        self._templates: dict[tuple[Any, ...], EventTemplate] = {}
+        self._plans: dict[tuple[Any, ...], _CallerPlan] = {}
 
-    def _template(self, caller: Caller) -> EventTemplate:
-        """The fixed part of this caller's records (validated once, then reused for every request)."""
+    def _plan(self, caller: Caller) -> _CallerPlan:
+        """This caller's decision and record templates: one dictionary lookup per request.
+
+        Keyed by everything the authorizer's decision depends on for this session's model and action
+        (the caller's fields and the policy version), so a reload of the rules is a miss here too.
+        """
         ctx = self._ctx
         # the fields themselves, not the Caller: hashing a tuple of strings stays in C, while a
         # dataclass's generated __hash__/__eq__ are Python calls on every request
         key = (caller.user, caller.role, caller.purpose, caller.tenant, caller.break_glass,
                ctx.authorizer.policy_version)
-        template = self._templates.get(key)
-        if template is None:
-            if len(self._templates) >= _TEMPLATES:
-                self._templates.clear()
-            template = self._templates[key] = EventTemplate(ctx.audit_event(
-                caller, "infer", model_id=self._resource.name, model_version=self._resource.version,
-                model_digest=self._resource.digest, device=self._device,
-            ))
-        return template
+        plan = self._plans.get(key)
+        if plan is None:
+            decision = ctx.authorizer.authorize(caller, "infer", self._resource)
+            if decision.policy_version != key[-1]:  # the rules changed during the call: don't keep it
+                return _CallerPlan(decision, self._template(caller))
+            if len(self._plans) >= _CALLERS:
+                self._plans.clear()
+            plan = self._plans[key] = _CallerPlan(decision, self._template(caller))
+        return plan
+
+    def _template(self, caller: Caller) -> EventTemplate:
+        return EventTemplate(self._ctx.audit_event(
+            caller, "infer", model_id=self._resource.name, model_version=self._resource.version,
+            model_digest=self._resource.digest, device=self._device,
+        ))
 
     def _fetch(self, session: SealedSession, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the compiled graph: the model's outputs (rounded if compiled so), then each screen's verdict."""
@@ -200,11 +224,11 @@ class RequestPipeline:
             for name in self._screened:  # a NaN the model choked on is the caller's error, as before
                 self._validate.require_finite(name, inputs[name])
             raise
-        n = len(self._outputs)
-        for i, name in enumerate(self._screened):
-            if not math.isfinite(results[n + i]):  # non-finite, or finite values whose squares overflowed
+        for at, name in self._screens:
+            if not math.isfinite(results[at]):  # non-finite, or finite values whose squares overflowed
                 self._validate.require_finite(name, inputs[name])
-        return dict(zip(self._outputs, results[:n], strict=True))
+        # the model's outputs come first, then each screen's verdict, which zip leaves out
+        return dict(zip(self._outputs, results, strict=False))
 
     def run(
         self, session: SealedSession, inputs: Mapping[str, np.ndarray], caller: Caller | None, priority: str
@@ -218,7 +242,8 @@ class RequestPipeline:
         if ctx.closed:
             raise RuntimeClosedError()
         t0 = time.perf_counter_ns()
-        decision = ctx.authorizer.authorize(caller, "infer", self._resource)
+        plan = self._plan(caller)
+        decision = plan.decision
         t1 = time.perf_counter_ns()
         outputs: dict[str, np.ndarray] | None = None
         error: SealinferError | None = None
@@ -260,15 +285,20 @@ class RequestPipeline:
             outcome, code = "denied", error.code
         else:
             outcome, code = ("denied" if error.code.startswith(("rate", "quota")) else "error"), error.code
-        event = self._template(caller).render(
-            decision="allow" if decision.allowed else "deny",
-            reasons=[*decision.reasons, str(error)] if isinstance(error, InputValidationError) else decision.reasons,
-            outcome=outcome,
-            error_code=code,
-            input_digest=ctx.digester.digest(inputs) if _is_mapping(inputs) else None,
-            output_digest=ctx.digester.digest(outputs) if outputs is not None else None,
-            latency_us=(t5 - t0) // 1000,
-        )
+        if error is None:
+            event = plan.served.render(  # type: ignore[union-attr]  # allowed, so it has one
+                ctx.digester.digest(inputs), ctx.digester.digest(outputs), (t5 - t0) // 1000)
+        else:
+            event = plan.template.render(
+                decision="allow" if decision.allowed else "deny",
+                reasons=[*decision.reasons, str(error)] if isinstance(error, InputValidationError)
+                else decision.reasons,
+                outcome=outcome,
+                error_code=code,
+                input_digest=ctx.digester.digest(inputs) if _is_mapping(inputs) else None,
+                output_digest=ctx.digester.digest(outputs) if outputs is not None else None,
+                latency_us=(t5 - t0) // 1000,
+            )
         receipt = ctx.audit.append(event)  # returns once durable: nothing acknowledged is lost
         t6 = time.perf_counter_ns()
         if ctx.telemetry is not None:

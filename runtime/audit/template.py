@@ -6,10 +6,15 @@ encodes those fixed fields once (through :meth:`AuditEvent.to_json`'s own checks
 each request with one string join. ``render`` gives byte for byte what ``AuditEvent.to_json`` gives
 for the same fields (a property test holds it to that); anything it would have to think about
 (a reason too long, a digest that is not hex) goes through the full path and its error.
+
+:meth:`EventTemplate.ending` narrows a template further to requests that end one way (allowed for
+these reasons and served, say): an :class:`OutcomeTemplate`, where only the digests and the latency
+are left to fill in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from json.encoder import encode_basestring_ascii as _ascii
 
@@ -42,19 +47,19 @@ class EventTemplate:
     def __init__(self, base: AuditEvent) -> None:
         self._base = replace(base, decision="allow", reasons=[], outcome="ok", error_code=None, input_digest=None,
                              output_digest=None, latency_us=0)
-        full = self._base.to_json()  # validates the fixed fields; the markers below split its text
-        markers = ['"decision":"allow"', '"error_code":null', '"input_digest":null', '"latency_us":0',
-                   '"outcome":"ok"', '"output_digest":null', '"reasons":[]']
-        parts: list[str] = []
-        rest = full
-        for marker in markers:
-            head, found, rest = rest.partition(marker)
-            if not found:  # pragma: no cover - to_json's layout changed; the property test fails first
-                raise AssertionError(f"canonical JSON lost field {marker}")
-            key = marker.split(":", 1)[0]
-            parts.append(head + key + ":")
-        parts.append(rest)
-        self._parts = tuple(parts)
+        # to_json validates the fixed fields; the markers split its text
+        self._parts = _split(self._base.to_json(), ('"decision":"allow"', '"error_code":null', '"input_digest":null',
+                                                    '"latency_us":0', '"outcome":"ok"', '"output_digest":null',
+                                                    '"reasons":[]'))
+
+    def ending(self, *, decision: str, reasons: Sequence[str], outcome: str,
+               error_code: str | None = None) -> OutcomeTemplate:
+        """This template narrowed to requests with this decision, these reasons and this outcome.
+
+        Raises ``InvalidAuditEventError`` for values ``AuditEvent`` refuses, as ``render`` would.
+        """
+        return OutcomeTemplate(self, replace(self._base, decision=decision, reasons=list(reasons), outcome=outcome,
+                                             error_code=error_code))
 
     def render(self, *, decision: str, reasons: list[str], outcome: str, error_code: str | None,
                input_digest: str | None, output_digest: str | None, latency_us: int) -> RenderedEvent:
@@ -76,6 +81,42 @@ class EventTemplate:
             f'{p[2]}{digest_in}{p[3]}{latency_us}{p[4]}"{outcome}"{p[5]}{digest_out}'
             f'{p[6]}[{",".join(map(_ascii, reasons))}]{p[7]}'
         )
+
+
+class OutcomeTemplate:
+    """One caller's requests that end one way: ``render`` fills in the digests and the latency.
+
+    Made by :meth:`EventTemplate.ending`; renders byte for byte what the event template's ``render``
+    gives for the same fields (a property test holds it to that).
+    """
+
+    __slots__ = ("_event", "_fixed", "_parts")
+
+    def __init__(self, event: EventTemplate, fixed: AuditEvent) -> None:
+        self._event = event
+        self._fixed = fixed
+        self._parts = _split(fixed.to_json(), ('"input_digest":null', '"latency_us":0', '"output_digest":null'))
+
+    def render(self, input_digest: str | None, output_digest: str | None, latency_us: int) -> RenderedEvent:
+        p = self._parts
+        if type(latency_us) is int and latency_us >= 0 and _is_digest(input_digest) and _is_digest(output_digest):
+            return RenderedEvent(f"{p[0]}{_quoted(input_digest)}{p[1]}{latency_us}{p[2]}{_quoted(output_digest)}{p[3]}")
+        f = self._fixed  # the full path names the problem
+        return self._event.render(decision=f.decision, reasons=f.reasons, outcome=f.outcome, error_code=f.error_code,
+                                  input_digest=input_digest, output_digest=output_digest, latency_us=latency_us)
+
+
+def _split(canonical: str, markers: tuple[str, ...]) -> tuple[str, ...]:
+    """``canonical`` cut at each marker (``"field":value``, in key order), each piece ending in ``"field":``."""
+    parts: list[str] = []
+    rest = canonical
+    for marker in markers:
+        head, found, rest = rest.partition(marker)
+        if not found:  # pragma: no cover - to_json's layout changed; the property test fails first
+            raise AssertionError(f"canonical JSON lost field {marker}")
+        parts.append(head + marker.split(":", 1)[0] + ":")
+    parts.append(rest)
+    return tuple(parts)
 
 
 def _quoted(digest: str | None) -> str:

@@ -116,13 +116,20 @@ def test_a_template_renders_exactly_what_the_event_would(actor, tenant, model, d
     varying = dict(decision=decision, reasons=reasons, outcome=outcome, error_code=error_code,
                    input_digest=input_digest, output_digest=output_digest, latency_us=latency)
     plain = {k: str(v) if type(v) is HexDigest else v for k, v in varying.items()}  # our digester's marker
+    def narrowed() -> str:  # the same request through the template narrowed to its outcome
+        ending = EventTemplate(base).ending(decision=decision, reasons=reasons, outcome=outcome, error_code=error_code)
+        return ending.render(input_digest, output_digest, latency)
+
     try:
         expected = replace(base, **plain).to_json()
     except InvalidAuditEventError as exc:
         with pytest.raises(InvalidAuditEventError, match=str(exc).split(" ")[0]):
             EventTemplate(base).render(**varying)
+        with pytest.raises(InvalidAuditEventError, match=str(exc).split(" ")[0]):
+            narrowed()
     else:
         assert EventTemplate(base).render(**varying) == expected
+        assert narrowed() == expected
 
 
 def test_a_digest_with_a_trailing_newline_is_no_digest() -> None:
