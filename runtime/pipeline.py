@@ -170,7 +170,9 @@ class RequestPipeline:
         self._screened = compiled.screened if compiled else ()
         self._screens = tuple(enumerate(self._screened, len(self._outputs)))  # (index in the results, input)
         self._validate = InputValidator(specs, ctx.profile.inputs, screened=frozenset(self._screened))
+        self._check = self._validate.check
         self._guard = OutputGuard(ctx.profile.outputs) if ctx.profile.outputs.active else None
+        self._admit = self._guard.admit if self._guard is not None and self._guard.limits_queries else None
         self._transform = self._guard is not None and not (compiled and compiled.rounded) and (
             ctx.profile.outputs.top_k is not None or ctx.profile.outputs.round_decimals is not None)
         self._priorities = frozenset(ctx.profile.priority_classes)
@@ -189,25 +191,18 @@ class RequestPipeline:
         )
         self._plans: dict[tuple[Any, ...], _CallerPlan] = {}
 
-    def _plan(self, caller: Caller) -> _CallerPlan:
-        """This caller's decision and record templates: one dictionary lookup per request.
+    def _plan(self, caller: Caller, key: tuple[Any, ...]) -> _CallerPlan:
+        """This caller's decision and record templates, made on the first request of ``key`` (see ``run``).
 
-        Keyed by everything the authorizer's decision depends on for this session's model and action
-        (the caller's fields and the policy version), so a reload of the rules is a miss here too.
+        The key holds everything the authorizer's decision depends on for this session's model and
+        action (the caller's fields and the policy version), so a reload of the rules is a miss here too.
         """
-        ctx = self._ctx
-        # the fields themselves, not the Caller: hashing a tuple of strings stays in C, while a
-        # dataclass's generated __hash__/__eq__ are Python calls on every request
-        key = (caller.user, caller.role, caller.purpose, caller.tenant, caller.break_glass,
-               ctx.authorizer.policy_version)
-        plan = self._plans.get(key)
-        if plan is None:
-            decision = ctx.authorizer.authorize(caller, "infer", self._resource)
-            if decision.policy_version != key[-1]:  # the rules changed during the call: don't keep it
-                return _CallerPlan(decision, self._template(caller))
+        decision = self._ctx.authorizer.authorize(caller, "infer", self._resource)
+        plan = _CallerPlan(decision, self._template(caller))
+        if decision.policy_version == key[-1]:  # else the rules changed during the call: don't keep it
             if len(self._plans) >= _CALLERS:
                 self._plans.clear()
-            plan = self._plans[key] = _CallerPlan(decision, self._template(caller))
+            self._plans[key] = plan
         return plan
 
     def _template(self, caller: Caller) -> EventTemplate:
@@ -242,7 +237,11 @@ class RequestPipeline:
         if ctx.closed:
             raise RuntimeClosedError()
         t0 = time.perf_counter_ns()
-        plan = self._plan(caller)
+        # the fields themselves, not the Caller: hashing a tuple of strings stays in C, while a
+        # dataclass's generated __hash__/__eq__ are Python calls on every request
+        key = (caller.user, caller.role, caller.purpose, caller.tenant, caller.break_glass,
+               ctx.authorizer.policy_version)
+        plan = self._plans.get(key) or self._plan(caller, key)
         decision = plan.decision
         t1 = time.perf_counter_ns()
         outputs: dict[str, np.ndarray] | None = None
@@ -263,10 +262,10 @@ class RequestPipeline:
                         f"Unknown priority class {given!r}.",
                         hint=f"Use one of the policy's classes: {', '.join(sorted(self._priorities))}.",
                     )
-                self._validate(inputs)
+                self._check(inputs)
                 t2 = time.perf_counter_ns()
-                if self._guard is not None:
-                    self._guard.admit(caller)
+                if self._admit is not None:
+                    self._admit(caller)
                 t3 = time.perf_counter_ns()
                 # the pipeline is the session's own guard; ModelError if onnxruntime fails
                 outputs = session._infer(inputs) if self._fetches is None else self._fetch(session, inputs)

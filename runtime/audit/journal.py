@@ -146,8 +146,13 @@ class AckJournal:
     def _path(self, number: int) -> Path:
         return self.db_path.with_name(f"{self.db_path.name}-ack-{number:08d}")
 
-    def write(self, length: int, rest: bytes, seq: int) -> None:
-        """``append([(length, rest)], seq)``: the lone appender's one frame, with no loop to set up."""
+    def write(self, seq: int, time_ns: int, event: str) -> None:
+        """``append([frame(seq, time_ns, event)], seq)`` for the lone appender, with no loop or call to set up."""
+        raw = event.encode()
+        length = len(raw)
+        seq_time = _SEQ_TIME.pack(seq, time_ns)
+        rest = (zlib.crc32(raw, zlib.crc32(seq_time)).to_bytes(4, "big") + seq_time + raw
+                + _PADDING[-(FRAME_OVERHEAD + length) % 8])
         start = self._end
         end = start + 4 + len(rest)
         if end > self._size:

@@ -167,7 +167,7 @@ class AuditLog:
             now = max(time.time_ns(), self._last_ns)  # times never go backwards along the log
             seq = self._size + 1
             try:
-                self._journal.write(*frame(seq, now, payload), seq)
+                self._journal.write(seq, now, payload)
             except BaseException as exc:
                 raise self._not_written(exc) from exc
             self._size, self._last_ns = seq, now

@@ -53,6 +53,7 @@ class OutputGuard:
             else None
         )
         self.active = self._transforms or self._limiter is not None
+        self.limits_queries = self._limiter is not None  # whether admit() does anything
 
     def apply(self, outputs: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """Rate-limit ``caller`` then guard ``outputs``; returns new arrays, never mutates the inputs."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,7 @@ class _Compiled:
 class InputValidator:
     """A model signature compiled for repeated validation; build once per session."""
 
-    __slots__ = ("_limits", "_names", "_specs", "_spec_list")
+    __slots__ = ("_limits", "_names", "_specs", "_spec_list", "check")
 
     def __init__(
         self,
@@ -58,6 +58,9 @@ class InputValidator:
                             for c in _compile(self._spec_list))
         self._names = frozenset(s.name for s in self._specs)
         self._limits = limits
+        # ``self(inputs)``, one Python call shorter (the request path counts them: see pipeline.py)
+        self.check: Callable[[Mapping[str, Any]], None] = partial(
+            _validate, specs=self._specs, names=self._names, spec_list=self._spec_list, limits=limits)
 
     def __call__(self, inputs: Mapping[str, Any]) -> None:
         _validate(inputs, self._specs, self._names, self._spec_list, self._limits)

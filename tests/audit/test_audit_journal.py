@@ -162,7 +162,7 @@ def test_a_lone_append_whose_journal_write_fails_is_refused_and_the_chain_goes_o
         assert log.append(make_event(0)).seq == 1
         real = log._journal.write
 
-        def unplugged(length, rest, seq) -> None:
+        def unplugged(seq, time_ns, event) -> None:
             raise OSError("No space left on device")
 
         monkeypatch.setattr(log._journal, "write", unplugged)
@@ -275,3 +275,24 @@ def test_a_store_that_fails_is_retried_with_the_same_records(tmp_path: Path, mon
     with sqlite3.connect(path) as conn:
         assert [r[0] for r in conn.execute("SELECT body FROM audit_events ORDER BY seq")] == attempts[0]
     assert verify_log(path, trust_for(make_signer())).ok
+
+
+def test_the_lone_appenders_write_frames_exactly_as_a_batch_does(tmp_path: Path) -> None:
+    from sealinfer.runtime.audit.journal import AckJournal, frame
+
+    events = [(i + 1, 1_767_225_600_000_000_000 + i, make_event(i).to_json()[: 300 + i]) for i in range(9)]
+    segments = []
+    for name, batched in (("lone", False), ("batch", True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        journal = AckJournal(folder / "a.db", sync=False)
+        journal.start()
+        for seq, ns, event in events:
+            if batched:
+                journal.append([frame(seq, ns, event)], seq)
+            else:
+                journal.write(seq, ns, event)
+        journal.close(all_stored=False)
+        segments.append(segment_paths(folder / "a.db")[-1].read_bytes())
+    assert segments[0] == segments[1]
+    assert list(read_acked(tmp_path / "lone" / "a.db")) == events  # paddings 0-7 all read back

@@ -105,7 +105,6 @@ def test_a_failed_group_commit_reaches_every_waiter_of_its_batch(tmp_path: Path,
             return real(frames, last_seq)
 
         monkeypatch.setattr(log._journal, "append", slow_then_failing)
-        monkeypatch.setattr(log._journal, "write", lambda length, rest, seq: slow_then_failing([(length, rest)], seq))
         ok: list[int] = []
         failed: list[str] = []
         lock = threading.Lock()

@@ -99,7 +99,8 @@ hexes = st.text(alphabet="0123456789abcdef", min_size=16, max_size=64)
        break_glass=st.booleans(), decision=st.sampled_from(["allow", "deny", "maybe"]),
        outcome=st.sampled_from(["ok", "denied", "error"]), error_code=st.none() | text,
        reasons=st.lists(st.text(max_size=20) | st.text(min_size=513, max_size=520), max_size=3),
-       input_digest=st.none() | hexes | st.just("raw patient data") | hexes.map(lambda h: h + "\n"),
+       input_digest=st.none() | hexes | hexes.map(lambda h: HexDigest(h)) | st.just("raw patient data")
+       | hexes.map(lambda h: h + "\n"),
        output_digest=st.none() | hexes | hexes.map(lambda h: HexDigest(h)),
        latency=st.integers(0, 10**9))
 def test_a_template_renders_exactly_what_the_event_would(actor, tenant, model, device, break_glass, decision,
