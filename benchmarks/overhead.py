@@ -80,7 +80,6 @@ class NaiveSecureWrapper:
         self.table = db["audit"]
 
     def run(self, feeds: dict[str, np.ndarray], caller: Caller) -> list[np.ndarray]:
-        import hashlib
         import hmac
         import json
 
@@ -114,9 +113,10 @@ class EssentialWork:
     """The floor: only what every audited request must do, with none of the structure around it.
 
     On the sealed session's own onnxruntime session (its compiled guards included): the in-graph NaN
-    screen's verdict checked, HMAC-SHA256 of input and output, the entry hash chained, the record
-    copied into a shared file mapping, a telemetry tuple appended. No authorization, validation,
-    templates, locks, group commit or storing. What sealinfer adds beyond this is its structure.
+    screen's verdict checked, HMAC-SHA256 of input and output, the record copied into a shared file
+    mapping, a telemetry tuple appended. No authorization, validation, templates, locks, group commit,
+    framing or storing, and, as in sealinfer, no hash chain on the request (it is computed when
+    records are stored). What sealinfer adds beyond this is its structure.
     """
 
     def __init__(self, session: object, folder: Path) -> None:
@@ -125,8 +125,6 @@ class EssentialWork:
         self.fetches = list(pipeline._fetches or session._output_names)  # type: ignore[attr-defined]
         self.screens = len(pipeline._screened)
         self.mac = crypto_hmac.HMAC(bytes(32), hashes.SHA256())
-        self.leaf = hashlib.sha256(b"\x00")
-        self.prev = bytes(32)
         self.file = (folder / "essential.journal").open("w+b")
         self.file.truncate(64 << 20)
         self.journal = mmap.mmap(self.file.fileno(), 64 << 20)
@@ -145,10 +143,6 @@ class EssentialWork:
                 mac.update(memoryview(t).cast("B"))
             digests.append(mac.finalize().hex())
         body = f'{{"actor":"dr.bench","input_digest":"{digests[0]}","output_digest":"{digests[1]}"}}'.encode()
-        h = self.leaf.copy()
-        h.update(self.prev)
-        h.update(body)
-        self.prev = h.digest()
         if self.pos + len(body) > len(self.journal):
             self.pos = 0
         self.journal[self.pos:self.pos + len(body)] = body

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sealinfer.runtime.audit.journal import frame
 from sealinfer.runtime.audit.log import AuditLog
 from sealinfer.runtime.audit.record import AuditEvent, InvalidAuditEventError, rfc3339_ns
 from sealinfer.runtime.audit.verify import verify_log
@@ -87,12 +88,10 @@ def test_threads_lose_nothing(tmp_path: Path, durability: str) -> None:
 
 def test_a_failed_group_commit_reaches_every_waiter_of_its_batch(tmp_path: Path, monkeypatch) -> None:
     # Waiters are woken in a chain; a batch whose journal write fails must still wake every one of them,
-    # each with an error, and the callers after it must carry on with an intact chain. (Batches form in
-    # power durability, where the journal write releases the GIL; in process durability a lone caller
-    # writes under the log's mutex.)
+    # each with an error, and the callers after it must carry on with an intact chain.
     import time
 
-    with AuditLog(tmp_path / "a.db", signer=make_signer(), durability="power") as log:
+    with AuditLog(tmp_path / "a.db", signer=make_signer()) as log:
         real = log._journal.append
         calls = {"n": 0}
 
@@ -105,6 +104,7 @@ def test_a_failed_group_commit_reaches_every_waiter_of_its_batch(tmp_path: Path,
             return real(frames, last_seq)
 
         monkeypatch.setattr(log._journal, "append", slow_then_failing)
+        monkeypatch.setattr(log._journal, "write", lambda seq, ns, ev: slow_then_failing([frame(seq, ns, ev)], seq))
         ok: list[int] = []
         failed: list[str] = []
         lock = threading.Lock()
