@@ -8,12 +8,13 @@ segment is ``fdatasync``-ed before the append returns. The log's writer moves re
 ``audit.db`` in batches behind the appenders; a segment is deleted only once every record in it is
 stored. Opening the log for writing moves in whatever a crash left behind.
 
-A frame is ``len(event) (4 bytes) | crc32 (4) | seq (8) | time_ns (8) | event``, padded with zeros to
-a multiple of 8, where ``event`` is the canonical event JSON and the CRC-32 covers seq, time and event:
-the record's position and time are fixed here, and its body and chain hash are made from them when it
-is stored (:mod:`.chain`). The length is written last, so a frame the crash cut short still reads as
-length 0, the end of the segment (it was never acknowledged); a frame whose checksum, padding or place
-in the sequence does not check out is damage, and refused.
+A segment starts with ``MAGIC`` (its format), then its frames. A frame is ``len(event) (4 bytes) |
+crc32 (4) | seq (8) | time_ns (8) | event``, padded with zeros to a multiple of 8, where ``event``
+is the canonical event JSON and the CRC-32 covers seq, time and event: the record's position and
+time are fixed here, and its body and chain hash are made from them when it is stored
+(:mod:`.chain`). The length is written last, so a frame the crash cut short still reads as length 0,
+the end of the segment (it was never acknowledged); a frame whose checksum, padding or place in the
+sequence does not check out is damage, and refused.
 
 Segments are files ``<db>-ack-<n>``, 0600, next to the database; a lock file makes one writer per log.
 """
@@ -38,6 +39,7 @@ FRAME_OVERHEAD = 4 + 4 + 8 + 8  # length, crc32, seq, time_ns
 _MAX_BODY = 1 << 20  # an event is a few hundred bytes; anything near this is damage, not a record
 SEGMENT_BYTES = 16 << 20  # preallocated size of a segment (larger if one batch needs more)
 _SEQ_TIME = struct.Struct(">QQ")
+MAGIC = b"SIACK\x00\x00\x02"  # sealinfer acknowledgement journal, format 2: frames of (seq, time, event)
 _PADDING = [bytes(n) for n in range(8)]
 
 
@@ -69,7 +71,16 @@ def read_acked(db_path: Path) -> Iterator[Acked]:
     """Every acknowledged event of every segment, in order; each segment ends at its first zero length."""
     for path in segment_paths(db_path):
         data = path.read_bytes()
-        offset = 0
+        head = data[:len(MAGIC)]
+        if head != MAGIC:
+            if not any(head):
+                continue  # created, then the crash came before anything was written to it
+            raise schema.AuditSchemaError(
+                f"Audit journal {path} is not in the format this sealinfer writes (format 2); it holds "
+                "acknowledged records of an older version.",
+                hint="Run `sealinfer audit recover` with the sealinfer version that wrote it, so its records "
+                "are stored in the database, then upgrade.")
+        offset = len(MAGIC)
         while len(data) - offset >= 4:
             length = int.from_bytes(data[offset:offset + 4], "big")
             if length == 0:
@@ -141,7 +152,8 @@ class AckJournal:
             path.unlink(missing_ok=True)
             raise StoreError(f"Cannot create audit journal segment {path} ({exc}).",
                              hint="Free disk space in the audit log's folder.") from exc
-        self._fd, self._mm, self._size, self._end = fd, mm, size, 0
+        mm[:len(MAGIC)] = MAGIC  # in power durability it reaches the disk with the first frame's fdatasync
+        self._fd, self._mm, self._size, self._end = fd, mm, size, len(MAGIC)
 
     def _path(self, number: int) -> Path:
         return self.db_path.with_name(f"{self.db_path.name}-ack-{number:08d}")
@@ -178,7 +190,7 @@ class AckJournal:
         """
         need = sum(frame_size(length) for length, _ in frames)
         if self._end + need > self._size:
-            self._rotate(max(SEGMENT_BYTES, need))
+            self._rotate(max(SEGMENT_BYTES, len(MAGIC) + need))
         mm, start = self._mm, self._end
         assert mm is not None
         off = start

@@ -13,7 +13,7 @@ import pytest
 
 from sealinfer.runtime.audit import log as log_module
 from sealinfer.runtime.audit.chain import chain
-from sealinfer.runtime.audit.journal import FRAME_OVERHEAD, frame_size, read_acked, segment_paths
+from sealinfer.runtime.audit.journal import FRAME_OVERHEAD, MAGIC, frame_size, read_acked, segment_paths
 from sealinfer.runtime.audit.log import AuditLog
 from sealinfer.runtime.audit.schema import AuditSchemaError
 from sealinfer.runtime.audit.verify import verify_log
@@ -75,7 +75,7 @@ def test_reopening_after_a_crash_stores_the_journal_and_signs_it(crashed: Path) 
 
 def _frames_end(segment: Path) -> int:
     data = segment.read_bytes()
-    offset = 0
+    offset = len(MAGIC)
     while int.from_bytes(data[offset:offset + 4], "big"):
         length = int.from_bytes(data[offset:offset + 4], "big")
         offset += frame_size(length)
@@ -211,12 +211,13 @@ def test_a_frame_with_damaged_padding_is_refused(crashed: Path, tmp_path: Path) 
     path = _copy(crashed, tmp_path / "padding")
     segment = segment_paths(path)[-1]
     data = bytearray(segment.read_bytes())
-    length = int.from_bytes(data[:4], "big")
+    start = len(MAGIC)
+    length = int.from_bytes(data[start:start + 4], "big")
     padding = frame_size(length) - FRAME_OVERHEAD - length
     assert padding  # the test's events are sized so that the first frame is padded
-    data[frame_size(length) - 1] = 0x20
+    data[start + frame_size(length) - 1] = 0x20
     segment.write_bytes(bytes(data))
-    with pytest.raises(AuditSchemaError, match="damaged at byte 0"):
+    with pytest.raises(AuditSchemaError, match=f"damaged at byte {start}"):
         AuditLog(path, signer=make_signer())
 
 
@@ -224,7 +225,7 @@ def test_a_journal_that_skips_a_seq_is_refused(crashed: Path, tmp_path: Path) ->
     path = _copy(crashed, tmp_path / "gap")
     segment = segment_paths(path)[-1]
     data = bytearray(segment.read_bytes())
-    first = frame_size(int.from_bytes(data[:4], "big"))
+    first = len(MAGIC) + frame_size(int.from_bytes(data[len(MAGIC):len(MAGIC) + 4], "big"))
     second = frame_size(int.from_bytes(data[first:first + 4], "big"))
     del data[first:first + second]  # seq 7 gone: the frames still check themselves, the sequence does not
     segment.write_bytes(bytes(data) + bytes(second))
@@ -296,3 +297,22 @@ def test_the_lone_appenders_write_frames_exactly_as_a_batch_does(tmp_path: Path)
         segments.append(segment_paths(folder / "a.db")[-1].read_bytes())
     assert segments[0] == segments[1]
     assert list(read_acked(tmp_path / "lone" / "a.db")) == events  # paddings 0-7 all read back
+
+
+def test_a_journal_of_an_older_format_is_refused_with_what_to_do(crashed: Path, tmp_path: Path) -> None:
+    path = _copy(crashed, tmp_path / "old")
+    segment = segment_paths(path)[-1]
+    data = segment.read_bytes()
+    segment.write_bytes(data[len(MAGIC):] + bytes(len(MAGIC)))  # frames from byte 0: how format 1 began
+    with pytest.raises(AuditSchemaError, match="not in the format") as info:
+        AuditLog(path, signer=make_signer())
+    assert "audit recover" in (info.value.hint or "")
+    assert _db_count(path) == 5
+
+
+def test_a_segment_created_just_before_a_crash_holds_nothing(crashed: Path, tmp_path: Path) -> None:
+    path = _copy(crashed, tmp_path / "empty")
+    number = int(segment_paths(path)[-1].name.rsplit("-", 1)[1]) + 1
+    path.with_name(f"{path.name}-ack-{number:08d}").write_bytes(bytes(4096))  # fallocated, nothing written
+    with AuditLog(path, signer=make_signer()) as log:
+        assert log.size == 35
