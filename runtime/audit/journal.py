@@ -254,8 +254,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def pending_records(db_path: Path, stored: int) -> int:
-    """How many acknowledged records wait in the journal beyond ``stored`` (for verify and reports)."""
+    """How many acknowledged records wait in the journal beyond ``stored`` (for verify and reports).
+
+    Raises ``AuditSchemaError`` for a journal that cannot be read (damaged, or an older format).
+    """
     try:
         return sum(1 for seq, _, _ in read_acked(db_path) if seq > stored)
-    except (OSError, StoreError):
+    except OSError:  # a segment the writer deleted while we listed it: its records are stored
         return 0

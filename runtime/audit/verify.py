@@ -197,7 +197,12 @@ def verify_log(
     try:
         leaves, chain_problem, head = _read_chain(db_path, schema.genesis_hash(log_id), last_seq)
         result = assess(log_id, leaves, chain_problem, head, keys, stored, trust_store, external_checkpoints)
-        waiting = pending_records(Path(db_path), last_seq)
+        try:
+            waiting = pending_records(Path(db_path), last_seq)
+        except schema.AuditSchemaError as exc:  # the database verified; what waits beside it cannot be read
+            waiting = 0
+            what_to_do = f" {exc.hint}" if exc.hint else ""
+            result.warnings.append(f"the audit journal next to this database cannot be read: {exc}{what_to_do}")
         if waiting:
             result.warnings.append(
                 f"{waiting:,} acknowledged record(s) wait in the audit journal and are not in this database yet "

@@ -316,3 +316,15 @@ def test_a_segment_created_just_before_a_crash_holds_nothing(crashed: Path, tmp_
     path.with_name(f"{path.name}-ack-{number:08d}").write_bytes(bytes(4096))  # fallocated, nothing written
     with AuditLog(path, signer=make_signer()) as log:
         assert log.size == 35
+
+
+def test_verify_warns_of_a_journal_it_cannot_read(crashed: Path, tmp_path: Path) -> None:
+    path = _copy(crashed, tmp_path / "unreadable")
+    segment = segment_paths(path)[-1]
+    data = bytearray(segment.read_bytes())
+    data[_frames_end(segment) // 2] ^= 0x01
+    segment.write_bytes(bytes(data))
+    result = verify_log(path, trust_for(make_signer()))
+    assert result.ok and result.records == 5  # what the database holds verifies
+    assert any("journal next to this database cannot be read" in w and "damaged at byte" in w
+               for w in result.warnings)
