@@ -239,8 +239,14 @@ class RequestPipeline:
         t0 = time.perf_counter_ns()
         # the fields themselves, not the Caller: hashing a tuple of strings stays in C, while a
         # dataclass's generated __hash__/__eq__ are Python calls on every request
-        key = (caller.user, caller.role, caller.purpose, caller.tenant, caller.break_glass,
-               ctx.authorizer.policy_version)
+        try:
+            key = (caller.user, caller.role, caller.purpose, caller.tenant, caller.break_glass,
+                   ctx.authorizer.policy_version)
+        except AttributeError:
+            raise UnknownPrincipalError(
+                f"caller must be a Caller, got {type(caller).__name__}.",
+                hint="Pass caller=Caller(user, role, purpose) to run().",
+            ) from None
         plan = self._plans.get(key) or self._plan(caller, key)
         decision = plan.decision
         t1 = time.perf_counter_ns()

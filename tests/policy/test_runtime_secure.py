@@ -176,6 +176,8 @@ def test_unknown_principals_and_missing_callers(rt: Runtime, sealed: Sealed):
     session = rt.load(sealed.hipaa, caller=SERVICE)
     with pytest.raises(UnknownPrincipalError, match="needs a caller"):
         session.run({"input": X})
+    with pytest.raises(UnknownPrincipalError, match="caller must be a Caller, got str"):
+        session.run({"input": X}, caller="dr.house")  # type: ignore[arg-type]
 
 
 def test_cache_invalidated_when_the_policy_version_changes(rt: Runtime, sealed: Sealed):
