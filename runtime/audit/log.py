@@ -57,9 +57,6 @@ class AuditReceipt(NamedTuple):
     seq: int
 
 
-_receipt = tuple.__new__  # AuditReceipt(seq) without the named tuple's __new__, a Python call
-
-
 class _Pending:
     __slots__ = ("done", "error", "next", "payloads", "receipts", "wake")
 
@@ -176,13 +173,11 @@ class AuditLog:
             raise self._not_written(exc) from exc
         self._size, self._last_ns = seq, now
         with mutex:
-            if not self._unstored:
-                self._unstored_since = time.monotonic()
-            self._unstored.append((seq, now, payload))
+            self._queue([(seq, now, payload)])
             self._release_role()
         if len(self._unstored) >= _STORE_BATCH:
             self._store_if_idle()
-        return _receipt(AuditReceipt, (seq,))
+        return AuditReceipt(seq)
 
     def append_many(self, events: Sequence[AuditEvent | RenderedEvent]) -> list[AuditReceipt]:
         """Append several records in one journal write (imports, benchmarks)."""

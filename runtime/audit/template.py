@@ -102,9 +102,7 @@ class OutcomeTemplate:
         if type(input_digest) is HexDigest and type(output_digest) is HexDigest and type(latency_us) is int \
                 and latency_us >= 0:  # the runtime's own request: nothing to check or escape
             return RenderedEvent(f'{p[0]}"{input_digest}"{p[1]}{latency_us}{p[2]}"{output_digest}"{p[3]}')
-        if type(latency_us) is int and latency_us >= 0 and _is_digest(input_digest) and _is_digest(output_digest):
-            return RenderedEvent(f"{p[0]}{_quoted(input_digest)}{p[1]}{latency_us}{p[2]}{_quoted(output_digest)}{p[3]}")
-        f = self._fixed  # the full path names the problem
+        f = self._fixed  # anything else: the event template checks it (and names a problem)
         return self._event.render(decision=f.decision, reasons=f.reasons, outcome=f.outcome, error_code=f.error_code,
                                   input_digest=input_digest, output_digest=output_digest, latency_us=latency_us)
 

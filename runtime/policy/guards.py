@@ -53,7 +53,11 @@ class OutputGuard:
             else None
         )
         self.active = self._transforms or self._limiter is not None
-        self.limits_queries = self._limiter is not None  # whether admit() does anything
+
+    @property
+    def limits_queries(self) -> bool:
+        """Whether :meth:`admit` does anything (a per-caller query-rate limit is set)."""
+        return self._limiter is not None
 
     def apply(self, outputs: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """Rate-limit ``caller`` then guard ``outputs``; returns new arrays, never mutates the inputs."""

@@ -63,7 +63,7 @@ class InputValidator:
             _validate, specs=self._specs, names=self._names, spec_list=self._spec_list, limits=limits)
 
     def __call__(self, inputs: Mapping[str, Any]) -> None:
-        _validate(inputs, self._specs, self._names, self._spec_list, self._limits)
+        self.check(inputs)
 
     def require_finite(self, name: str, x: np.ndarray) -> None:
         """The exact NaN/Inf test of input ``name`` (already validated otherwise), as the validator words it."""
