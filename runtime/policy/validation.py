@@ -133,7 +133,7 @@ def _validate(
             raise _names_error(inputs, names, spec_list)
         if type(x) is not np.ndarray and not isinstance(x, np.ndarray):
             raise _type_error(spec, x)
-        if x.dtype != spec.dtype:
+        if x.dtype is not spec.dtype and x.dtype != spec.dtype:  # numpy shares builtin dtypes: mostly identical
             raise _dtype_error(spec, x)
         if x.nbytes > max_bytes:
             raise InputValidationError(

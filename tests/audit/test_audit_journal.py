@@ -328,3 +328,29 @@ def test_verify_warns_of_a_journal_it_cannot_read(crashed: Path, tmp_path: Path)
     assert result.ok and result.records == 5  # what the database holds verifies
     assert any("journal next to this database cannot be read" in w and "damaged at byte" in w
                for w in result.warnings)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["lone", "batch"])
+def test_a_journal_write_that_fails_leaves_no_bytes_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            batched: bool) -> None:
+    from sealinfer.runtime.audit import journal as journal_module
+    from sealinfer.runtime.audit.journal import AckJournal, frame
+
+    journal = AckJournal(tmp_path / "a.db", sync=True)  # power durability: fdatasync can fail after the copy
+    journal.start()
+    journal.write(1, 10, '{"n":1}')
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(journal_module.os, "fdatasync", failing)
+    refused = '{"n":"' + "x" * 200 + '"}'  # longer than what follows: leftovers would be read as a frame
+    with pytest.raises(OSError):
+        if batched:
+            journal.append([frame(2, 11, refused)], 2)
+        else:
+            journal.write(2, 11, refused)
+    monkeypatch.undo()
+    journal.write(2, 12, '{"n":2}')
+    journal.close(all_stored=False)
+    assert list(read_acked(tmp_path / "a.db")) == [(1, 10, '{"n":1}'), (2, 12, '{"n":2}')]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sealinfer.runtime.audit.journal import frame
-from sealinfer.runtime.audit.log import AuditLog
+from sealinfer.runtime.audit.log import AuditLog, AuditReceipt
 from sealinfer.runtime.audit.record import AuditEvent, InvalidAuditEventError, rfc3339_ns
 from sealinfer.runtime.audit.verify import verify_log
 from sealinfer.runtime.errors import ConfigurationError, StoreError
@@ -38,7 +38,7 @@ def test_records_hold_what_was_appended_and_generated_columns_read_it(tmp_path: 
         before = time.time_ns()
         receipt = log.append(event)
         after = time.time_ns()
-    assert receipt == (1,)
+    assert receipt.seq == 1 and isinstance(receipt, AuditReceipt)
     conn = sqlite3.connect(path)
     row = conn.execute("SELECT seq, actor, role, action, model_digest, break_glass, time, event_id, body "
                        "FROM audit_events").fetchone()

@@ -7,7 +7,7 @@ import hmac
 
 import numpy as np
 
-from sealinfer.runtime.pipeline import keyed_digest
+from sealinfer.runtime.pipeline import TensorDigester, keyed_digest
 
 KEY = bytes(range(32))
 
@@ -47,3 +47,26 @@ def test_empty_and_object_tensors_digest_their_content_not_their_memory() -> Non
     assert labels[0] is not copy[0]
     assert keyed_digest(KEY, {"label": labels}) == keyed_digest(KEY, {"label": copy})
     assert keyed_digest(KEY, {"label": labels}) != keyed_digest(KEY, {"label": labels[::-1].copy()})
+
+
+def test_one_digester_reused_across_dtypes_shapes_and_layouts_matches_the_documented_bytes() -> None:
+    # The runtime keeps one digester per runtime and remembers headers per (name, shape): a request with
+    # the same name and shape but another dtype (or byte order, or memory layout) must not reuse them.
+    digester = TensorDigester(KEY)
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    requests = [
+        {"x": base},
+        {"x": base.astype(">f4")},  # same name, shape and kind, other byte order
+        {"x": base.astype(np.int32)},
+        {"x": base},
+        {"x": np.asfortranarray(base)},  # the same values in column-major memory
+        {"x": base.T.copy().T},
+        {"x": base.astype(object)},
+        {"x": np.zeros((3, 4), np.float64), "a": np.zeros(0, np.int8)},
+        {"x": base},
+    ]
+    for tensors in requests:
+        got = digester.digest(tensors)
+        assert got == keyed_digest(KEY, tensors)  # a fresh digester: nothing remembered
+        if not any(t.dtype.hasobject for t in tensors.values()):
+            assert got == reference(KEY, tensors)
