@@ -176,6 +176,8 @@ class RequestPipeline:
         self._screens = tuple(enumerate(self._screened, len(self._outputs)))  # (index in the results, input)
         self._validate = InputValidator(specs, ctx.profile.inputs, screened=frozenset(self._screened))
         self._check = self._validate.check
+        # telemetry's batch size of a served request: the first input with a first axis (validated)
+        self._batch_from = next((spec.name for spec in specs if spec.shape), None)
         self._guard = OutputGuard(ctx.profile.outputs) if ctx.profile.outputs.active else None
         self._admit = self._guard.admit if self._guard is not None and self._guard.limits_queries else None
         self._transform = self._guard is not None and not (compiled and compiled.rounded) and (
@@ -313,7 +315,8 @@ class RequestPipeline:
         t6 = time.perf_counter_ns()
         if ctx.telemetry is not None:
             ctx.telemetry.record_request(self._telemetry, (
-                time.time(), next(_REQUESTS), outcome, code, caller.tenant or "default", priority, _batch(inputs),
+                time.time(), next(_REQUESTS), outcome, code, caller.tenant or "default", priority,
+                inputs[self._batch_from].shape[0] if error is None and self._batch_from else _batch(inputs),
                 (t1 - t0) / 1000, (t2 - t1) / 1000, (t4 - t3) / 1000, ((t3 - t2) + (t5 - t4)) / 1000,
                 (t6 - t5) / 1000, (t6 - t0) / 1000,
             ))

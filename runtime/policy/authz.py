@@ -114,6 +114,11 @@ class Authorizer:
         self._hits = 0
         self._misses = 0
         self._state = _compile(policies_text, schema_text, policy_version)
+        # The rules' version, read by every request: a plain attribute, not a property (a property is a
+        # Python call, a few µs on caches a model's run has just taken over). Set after ``_state``: a
+        # request that reads the old version meanwhile gets a decision made under the new rules, and
+        # the pipeline keeps a decision only if the versions agree.
+        self.policy_version: str = policy_version
 
     @classmethod
     def from_profile(cls, profile: PolicyProfile, *, cache_size: int = 65536) -> Authorizer:
@@ -121,15 +126,12 @@ class Authorizer:
         text = profile.cedar_policies_text()
         return cls(text, policy_version=policy_version_for(profile, text), cache_size=cache_size)
 
-    @property
-    def policy_version(self) -> str:
-        return self._state.version
-
     def reload(self, policies_text: str | None = None, schema_text: str | None = None, *, policy_version: str) -> None:
         """Swap in new rules atomically; every cached decision is dropped."""
         state = _compile(policies_text, schema_text, policy_version)  # fails before anything changes
         with self._lock:
             self._state = state
+            self.policy_version = policy_version
             self._cache.clear()
 
     def cache_info(self) -> CacheInfo:

@@ -103,6 +103,10 @@ def rollup_rows(records: Iterable[TelemetryRecord]) -> tuple[list[tuple[Any, ...
 _Queued = TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]
 
 
+def _closed_error() -> StoreError:
+    return StoreError("The telemetry store is closed.", hint="Record before close(), or open a new store.")
+
+
 def _built(item: _Queued) -> TelemetryRecord:
     return item if type(item) is TelemetryRecord else item[0].record(item[1])  # type: ignore[union-attr,index]
 
@@ -178,16 +182,31 @@ class TelemetryStore:
         self._queue(rec)
 
     def record_request(self, fields: SessionFields, values: tuple[Any, ...]) -> None:
-        """``record(fields.record(values))``, with the record built by the writer, not by the request's thread."""
-        self._queue((fields, values))
+        """``record(fields.record(values))``, with the record built by the writer, not by the request's thread.
 
-    def _queue(self, item: _Queued) -> None:
+        ``_queue``'s work written out: every request comes through here right after its model has run,
+        when each Python function entered costs a few µs of fetching its code again (measured: 11.3
+        against 8.4 µs).
+        """
+        item = (fields, values)
         with self._buf_lock:  # checked under the lock so nothing slips in after close()'s final flush
             if self._closed:
-                raise StoreError("The telemetry store is closed.",
-                                 hint="Record before close(), or open a new store.")
+                raise _closed_error()
             self._buf.append(item)
             pending = len(self._buf)
+        if self._metrics is not None or pending >= self._inline_batch:
+            self._queued(item, pending)
+
+    def _queue(self, item: _Queued) -> None:
+        with self._buf_lock:  # as in record_request
+            if self._closed:
+                raise _closed_error()
+            self._buf.append(item)
+            pending = len(self._buf)
+        self._queued(item, pending)
+
+    def _queued(self, item: _Queued, pending: int) -> None:
+        """After ``item`` joined the buffer (``pending`` long): publish its metrics, write if enough wait."""
         if self._metrics is not None:
             self._metrics.observe(_built(item))
         if pending >= self._inline_batch:
