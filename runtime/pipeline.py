@@ -174,6 +174,7 @@ class RequestPipeline:
         self._outputs = compiled.outputs if compiled else ()
         self._screened = compiled.screened if compiled else ()
         self._screens = tuple(enumerate(self._screened, len(self._outputs)))  # (index in the results, input)
+        self._single = self._outputs[0] if len(self._outputs) == 1 else None
         self._validate = InputValidator(specs, ctx.profile.inputs, screened=frozenset(self._screened))
         self._check = self._validate.check
         # telemetry's batch size of a served request: the first input with a first axis (validated)
@@ -229,6 +230,8 @@ class RequestPipeline:
         for at, name in self._screens:
             if not math.isfinite(results[at]):  # non-finite, or finite values whose squares overflowed
                 self._validate.require_finite(name, inputs[name])
+        if self._single is not None:  # a dict display: dict(zip(...)) costs 12 µs here, on cold caches
+            return {self._single: results[0]}
         # the model's outputs come first, then each screen's verdict, which zip leaves out
         return dict(zip(self._outputs, results, strict=False))
 

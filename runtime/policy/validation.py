@@ -58,9 +58,10 @@ class InputValidator:
                             for c in _compile(self._spec_list))
         self._names = frozenset(s.name for s in self._specs)
         self._limits = limits
-        # ``self(inputs)``, one Python call shorter (the request path counts them: see pipeline.py)
+        # ``self(inputs)``, one Python call shorter (the request path counts them: see pipeline.py); bound
+        # by position, since a partial with keywords copies them into a new dict on every call
         self.check: Callable[[Mapping[str, Any]], None] = partial(
-            _validate, specs=self._specs, names=self._names, spec_list=self._spec_list, limits=limits)
+            _validate, self._specs, self._names, self._spec_list, limits)
 
     def __call__(self, inputs: Mapping[str, Any]) -> None:
         self.check(inputs)
@@ -80,7 +81,7 @@ def validate_inputs(inputs: Mapping[str, Any], specs: list[TensorSpec], limits: 
     """
     key = tuple(specs)
     compiled, names = _compile_cached(key)
-    _validate(inputs, compiled, names, key, limits)
+    _validate(compiled, names, key, limits, inputs)
 
 
 @lru_cache(maxsize=256)
@@ -112,11 +113,11 @@ def _compile(specs: tuple[TensorSpec, ...]) -> tuple[_Compiled, ...]:
 
 
 def _validate(
-    inputs: Mapping[str, Any],
     specs: tuple[_Compiled, ...],
     names: frozenset[str],
     spec_list: tuple[TensorSpec, ...],
     limits: InputLimits,
+    inputs: Mapping[str, Any],
 ) -> None:
     if type(inputs) is not dict and not isinstance(inputs, Mapping):  # the ABC check only for others
         raise InputValidationError(
