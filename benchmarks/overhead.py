@@ -8,8 +8,8 @@ authorization, input validation, output rounding, audit with group commit in ``p
 telemetry), in an order that rotates every round, so machine noise hits both equally; the plain
 session gets the same onnxruntime settings as the device sealinfer placed the model on; a naive
 secure wrapper around the plain session (the same checks, done the obvious way) is the third
-contestant. Two plain baselines: sessions loaded
-from the model file, and the sealed session's own onnxruntime session called directly. The second
+contestant. Two plain baselines: sessions loaded from the model file, and the sealed session's own
+onnxruntime session called directly. The second
 isolates the pipeline: onnxruntime sessions of one model differ by several per cent in speed with
 where their weights landed (and later-created ones are faster), which two sessions per contestant,
 created sealed, plain, plain, sealed, only partly average out. Prints p50/p99 of each and their

@@ -98,7 +98,7 @@ def keyed_digest(key: bytes, tensors: Mapping[str, Any]) -> str:
     return TensorDigester(key).digest(tensors)
 
 
-_HEADERS = 256  # (name, dtype, shape) headers remembered per digester
+_HEADERS = 256  # (name, shape) headers remembered per digester
 _CALLERS = 4096  # callers remembered per session; the cache starts over when full
 
 

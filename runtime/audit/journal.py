@@ -28,7 +28,7 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 from sealinfer.runtime.audit import schema
@@ -51,8 +51,7 @@ def frame_size(length: int) -> int:
 def frame(seq: int, time_ns: int, event: str) -> tuple[int, bytes]:
     """The frame of an acknowledged event as (event length, everything after the length)."""
     raw = event.encode()
-    seq_time = seq.to_bytes(8, "big") + time_ns.to_bytes(8, "big")  # _SEQ_TIME's layout, without struct's
-    # code on the request path (each library touched there is fetched from memory again: see pipeline.py)
+    seq_time = _SEQ_TIME.pack(seq, time_ns)
     crc = zlib.crc32(raw, zlib.crc32(seq_time))
     return len(raw), crc.to_bytes(4, "big") + seq_time + raw + _PADDING[-(FRAME_OVERHEAD + len(raw)) % 8]
 
@@ -167,7 +166,7 @@ class AckJournal:
         copy are not calls of their own. A test holds the bytes to ``frame``'s.
         """
         raw = event.encode()
-        head = seq.to_bytes(8, "big") + time_ns.to_bytes(8, "big")
+        head = seq.to_bytes(8, "big") + time_ns.to_bytes(8, "big")  # _SEQ_TIME's layout, without struct's code
         pad = -(FRAME_OVERHEAD + len(raw)) % 8
         size = FRAME_OVERHEAD + len(raw) + pad
         if self._end + size > self._size:
@@ -193,10 +192,6 @@ class AckJournal:
         need = sum(frame_size(length) for length, _ in frames)
         if self._end + need > self._size:
             self._rotate(max(SEGMENT_BYTES, len(MAGIC) + need))
-        self._copy(frames, last_seq)
-
-    def _copy(self, frames: Sequence[tuple[int, bytes]], last_seq: int) -> None:
-        """Copy ``frames`` (which fit) after the last one, each length last; zero them all again on failure."""
         mm, start = self._mm, self._end
         assert mm is not None
         off = start

@@ -99,16 +99,13 @@ def rollup_rows(records: Iterable[TelemetryRecord]) -> tuple[list[tuple[Any, ...
     return ([(*k, *v) for k, v in groups.items()], [(*k, n) for k, n in hist.items()])
 
 
-# What the buffer holds: a finished record, or a session's fixed fields and one request's values.
-_Queued = TelemetryRecord | tuple[SessionFields, tuple[Any, ...]]
-
-
-def _closed_error() -> StoreError:
-    return StoreError("The telemetry store is closed.", hint="Record before close(), or open a new store.")
+# What the buffer holds: a session's fixed fields and one request's values, or (a finished record, None).
+_Queued = tuple[SessionFields | TelemetryRecord, tuple[Any, ...] | None]
 
 
 def _built(item: _Queued) -> TelemetryRecord:
-    return item if type(item) is TelemetryRecord else item[0].record(item[1])  # type: ignore[union-attr,index]
+    head, values = item
+    return head if values is None else head.record(values)  # type: ignore[return-value,union-attr]
 
 
 class TelemetryStore:
@@ -179,34 +176,22 @@ class TelemetryStore:
 
     def record(self, rec: TelemetryRecord) -> None:
         """Queue one request's telemetry; never waits for the disk unless far behind."""
-        self._queue(rec)
+        self.record_request(rec, None)  # type: ignore[arg-type]  # a finished record queues as (record, None)
 
     def record_request(self, fields: SessionFields, values: tuple[Any, ...]) -> None:
         """``record(fields.record(values))``, with the record built by the writer, not by the request's thread.
 
-        ``_queue``'s work written out: every request comes through here right after its model has run,
-        when each Python function entered costs a few µs of fetching its code again (measured: 11.3
-        against 8.4 µs).
+        The one place records join the buffer: every request comes through here right after its model
+        has run, when each further Python function entered costs a few µs (measured: 11.3 µs through a
+        separate queueing method, 8.4 µs this way).
         """
         item = (fields, values)
         with self._buf_lock:  # checked under the lock so nothing slips in after close()'s final flush
             if self._closed:
-                raise _closed_error()
+                raise StoreError("The telemetry store is closed.",
+                                 hint="Record before close(), or open a new store.")
             self._buf.append(item)
             pending = len(self._buf)
-        if self._metrics is not None or pending >= self._inline_batch:
-            self._queued(item, pending)
-
-    def _queue(self, item: _Queued) -> None:
-        with self._buf_lock:  # as in record_request
-            if self._closed:
-                raise _closed_error()
-            self._buf.append(item)
-            pending = len(self._buf)
-        self._queued(item, pending)
-
-    def _queued(self, item: _Queued, pending: int) -> None:
-        """After ``item`` joined the buffer (``pending`` long): publish its metrics, write if enough wait."""
         if self._metrics is not None:
             self._metrics.observe(_built(item))
         if pending >= self._inline_batch:
