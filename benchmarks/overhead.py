@@ -9,17 +9,16 @@ telemetry), in an order that rotates every round, so machine noise hits both equ
 session gets the same onnxruntime settings as the device sealinfer placed the model on; a naive
 secure wrapper around the plain session (the same checks, done the obvious way) is the third
 contestant. Two plain baselines: sessions loaded from the model file, and the sealed session's own
-onnxruntime session called directly. The second
-isolates the pipeline: onnxruntime sessions of one model differ by several per cent in speed with
-where their weights landed (and later-created ones are faster), which two sessions per contestant,
-created sealed, plain, plain, sealed, only partly average out. Prints p50/p99 of each and their
-ratio, and the median of each phase from sealinfer's own telemetry rows. Two shapes of few-ms
-model: (b) an MLP that streams 52 MB of weights through the caches on every call and (c) an
-imaging-shaped CNN with 113 KB of weights; after either,
-the security work runs on caches the computation has taken over (see the phase medians). Model (b')
-shows how the cost grows with request size: inputs and outputs are HMAC-SHA256-digested for the audit
-record (~0.6 µs/KB). A closing platform probe times one small piece of work warm, after an idle gap
-and after streaming 64 MB.
+onnxruntime session called directly. The second isolates the pipeline: onnxruntime sessions of one
+model differ by several per cent in speed with where their weights landed (and later-created ones
+are faster), which two sessions per contestant, created sealed, plain, plain, sealed, only partly
+average out. Prints p50/p99 of each and their ratio, and the median of each phase from sealinfer's
+own telemetry rows. Two shapes of few-ms model: (b) an MLP that streams 52 MB of weights through the
+caches on every call and (c) an imaging-shaped CNN with 113 KB of weights; after either, the
+security work runs on caches the computation has taken over (see the phase medians). Model (b')
+shows how the cost grows with request size: inputs and outputs are HMAC-SHA256-digested for the
+audit record (~0.6 µs/KB). A closing platform probe times one small piece of work warm, after an
+idle gap and after streaming 64 MB.
 
 The HIPAA profile's per-caller query-rate limit (600/min) is switched off here, or the benchmark's
 single caller would be throttled; watermark and DP requirements are load-time only and are also off,
