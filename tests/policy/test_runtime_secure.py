@@ -11,6 +11,7 @@ import pytest
 
 from sealinfer.runtime import Caller, Runtime
 from sealinfer.runtime.audit.verify import verify_log
+from sealinfer.runtime.pipeline import keyed_digest
 from sealinfer.runtime.errors import (
     AuthorizationError,
     CertificateError,
@@ -48,7 +49,8 @@ def rt(tmp_path: Path, sealed: Sealed):
 
 def test_hipaa_clinician_treatment_is_served_guarded_audited_and_timed(tmp_path: Path, rt: Runtime, sealed: Sealed):
     session = rt.load(sealed.hipaa, caller=SERVICE)
-    probs = session.run({"input": X}, caller=CLINICIAN)["probabilities"]
+    outputs = session.run({"input": X}, caller=CLINICIAN)
+    probs = outputs["probabilities"]
     assert np.array_equal(probs, np.round(probs, 4))  # HIPAA rounds outputs to 4 decimals
     rt.close()
     events = rows(
@@ -57,7 +59,10 @@ def test_hipaa_clinician_treatment_is_served_guarded_audited_and_timed(tmp_path:
         "json_extract(body, '$.output_digest') FROM audit_events ORDER BY seq",
     )
     assert [e[:4] for e in events] == [("load", "svc-ward7", "allow", "ok"), ("infer", "dr.grey", "allow", "ok")]
-    assert len(events[1][4]) == 64 and len(events[1][5]) == 64  # keyed digests, never data
+    # keyed digests of what was asked and answered, never the data
+    _, key = sealed.keyring.secret("audit-hmac")
+    assert events[1][4] == keyed_digest(key, {"input": X})
+    assert events[1][5] == keyed_digest(key, outputs)
     raw = (tmp_path / "audit.db").read_bytes() + (tmp_path / "tel.db").read_bytes()
     assert X.tobytes()[:32] not in raw and probs.tobytes()[:32] not in raw
     assert verify_log(tmp_path / "audit.db", sealed.keyring.trust_store()).ok
@@ -150,13 +155,26 @@ def test_bad_inputs_are_typed_errors_and_audited(tmp_path: Path, rt: Runtime, se
 
 def test_query_rate_limit_against_model_extraction(tmp_path: Path, sealed: Sealed):
     limited = hipaa_variant(outputs={"max_queries_per_minute": 3})
-    with Runtime(sealed.keyring, limited, audit_db=tmp_path / "a.db", devices=sealed.devices) as rt:
+    with Runtime(sealed.keyring, limited, audit_db=tmp_path / "a.db", telemetry_db=tmp_path / "t.db",
+                 devices=sealed.devices) as rt:
         session = rt.load(sealed.hipaa, caller=SERVICE)
         for _ in range(3):
             session.run({"input": X}, caller=CLINICIAN)
-        with pytest.raises(RateLimitError):
+        with pytest.raises(RateLimitError) as info:
             session.run({"input": X}, caller=CLINICIAN)
         session.run({"input": X}, caller=Caller("dr.bailey", "clinician", "treatment"))  # others unaffected
+        rt.audit_log.flush()
+        _, key = sealed.keyring.secret("audit-hmac")
+        assert rows(tmp_path / "a.db", "SELECT outcome, error_code, json_extract(body, '$.input_digest'), "
+                    f"json_extract(body, '$.output_digest') FROM audit_events WHERE seq = {info.value.audit_seq}") == [
+            ("denied", "rate_limited", keyed_digest(key, {"input": X}), None)
+        ]
+        assert rt.telemetry is not None
+        rt.telemetry.flush()
+        phases = rows(rt.telemetry.path, "SELECT authorize_us, validate_us, inference_us, guard_us, record_us, total_us "
+                      "FROM requests WHERE outcome = 'denied'")
+        assert len(phases) == 1 and all(v >= 0 for v in phases[0])
+        assert sum(phases[0][:5]) <= phases[0][5] + 1  # the phases add up to no more than the whole
 
 
 def test_break_glass_is_allowed_to_clinicians_and_flagged(tmp_path: Path, rt: Runtime, sealed: Sealed):
