@@ -11,7 +11,6 @@ import pytest
 
 from sealinfer.runtime import Caller, Runtime
 from sealinfer.runtime.audit.verify import verify_log
-from sealinfer.runtime.pipeline import keyed_digest
 from sealinfer.runtime.errors import (
     AuthorizationError,
     CertificateError,
@@ -21,6 +20,7 @@ from sealinfer.runtime.errors import (
     UnknownPrincipalError,
     WatermarkError,
 )
+from sealinfer.runtime.pipeline import keyed_digest
 from sealinfer.tests.policy.secure_fixtures import Sealed, certificate, hipaa_variant, seal_for
 
 SERVICE = Caller("svc-ward7", "service", "treatment", tenant="ward7")
@@ -171,8 +171,8 @@ def test_query_rate_limit_against_model_extraction(tmp_path: Path, sealed: Seale
         ]
         assert rt.telemetry is not None
         rt.telemetry.flush()
-        phases = rows(rt.telemetry.path, "SELECT authorize_us, validate_us, inference_us, guard_us, record_us, total_us "
-                      "FROM requests WHERE outcome = 'denied'")
+        phases = rows(rt.telemetry.path, "SELECT authorize_us, validate_us, inference_us, guard_us, record_us, "
+                      "total_us FROM requests WHERE outcome = 'denied'")
         assert len(phases) == 1 and all(v >= 0 for v in phases[0])
         assert sum(phases[0][:5]) <= phases[0][5] + 1  # the phases add up to no more than the whole
 
