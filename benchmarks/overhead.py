@@ -1,6 +1,7 @@
 """Per-call cost of the security pipeline: plain onnxruntime vs sealinfer session.run, interleaved.
 
     python benchmarks/overhead.py [--calls 10000] [--only a --only b ...]
+    python benchmarks/overhead.py --sweep 2 4 8 12 16 24 [--calls 6000]
 
 For (a) a tiny MLP and (b) a model of a few ms per call, alternates blocks of plain
 ``InferenceSession.run`` with blocks of ``SealedSession.run`` under the HIPAA profile (Cedar
@@ -18,7 +19,10 @@ caches on every call and (c) an imaging-shaped CNN with 113 KB of weights; after
 security work runs on caches the computation has taken over (see the phase medians). Model (b')
 shows how the cost grows with request size: inputs and outputs are HMAC-SHA256-digested for the
 audit record (~0.6 µs/KB). A closing platform probe times one small piece of work warm, after an
-idle gap and after streaming 64 MB.
+idle gap and after streaming 64 MB. Every call, of every contestant, gets its request as a new
+array made just before it outside the timed region, as a server hands over a tensor it has just
+decoded. ``--sweep`` runs model (b) at several batch sizes instead and tabulates the added time and
+the ratio against the model's duration.
 
 The HIPAA profile's per-caller query-rate limit (600/min) is switched off here, or the benchmark's
 single caller would be throttled; watermark and DP requirements are load-time only and are also off,
@@ -158,7 +162,8 @@ class EssentialWork:
         return outputs
 
 
-def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarray, calls: int) -> None:
+def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarray, calls: int) -> dict[str, float]:
+    """Runs the contestants, prints their figures, returns each one's p50 in µs."""
     # Two sessions per contestant, created in the order sealed, plain, plain, sealed: onnxruntime sessions
     # created later in a process run a few per cent faster (3 identical plain sessions here: 2,859 /
     # 2,680 / 2,773 µs), so one session each, created one after the other, would hand the later one
@@ -175,7 +180,15 @@ def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarr
         plains.append(ort.InferenceSession(str(model_path), sess_options=options, providers=providers or None))
     sessions = [first, rt.load(sealed, caller=service)]
     doctor = Caller("dr.bench", "clinician", "treatment", tenant="ward7")
-    feeds = {plains[0].get_inputs()[0].name: x}
+    name = plains[0].get_inputs()[0].name
+
+    def request() -> dict[str, np.ndarray]:
+        # Every call gets its request as a new array, made outside the timed region, as a server hands
+        # run() the tensor it has just decoded (still in the caches). One array reused for every call
+        # would instead have to be read from memory again after each run evicted it, by whoever digests
+        # it (the floor, sealinfer, the naive wrapper) and by the model's first layer.
+        return {name: x.copy()}
+
     naives = [NaiveSecureWrapper(p, rt.audit_log.path.with_name(f"naive-{first.digest[:8]}-{i}.db"), first.digest)
               for i, p in enumerate(plains)]
     names = [o.name for o in plains[0].get_outputs()]
@@ -183,19 +196,19 @@ def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarr
     essentials = [EssentialWork(s, folder) for s in sessions]
     pairs = [
         (
-            lambda p=p: p.run(None, feeds),
+            lambda feeds, p=p: p.run(None, feeds),
             # the very onnxruntime session under the sealed one, called directly: no placement lottery
-            lambda s=s: s._session.run(names, feeds),
-            lambda s=s: s.run(feeds, caller=doctor),
-            lambda n=n: n.run(feeds, doctor),
-            lambda e=e: e.run(feeds),
+            lambda feeds, s=s: s._session.run(names, feeds),
+            lambda feeds, s=s: s.run(feeds, caller=doctor),
+            lambda feeds, n=n: n.run(feeds, doctor),
+            lambda feeds, e=e: e.run(feeds),
         )
         for p, s, n, e in zip(plains, sessions, naives, essentials, strict=True)
     ]
     for pair in pairs:
         for _ in range(100):  # warm-up: caches, allocator, decision cache
             for fn in pair:
-                fn()
+                fn(request())
     tp = np.empty(calls)
     tr = np.empty(calls)
     ts = np.empty(calls)
@@ -218,12 +231,13 @@ def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarr
             # Re-warm for 10 ms after the other sessions' blocks: onnxruntime pins every session's worker
             # thread to the same core, where the previous session's worker is still spin-waiting.
             deadline = clock() + 10_000_000
-            fn()
+            fn(request())
             while clock() < deadline:
-                fn()
+                fn(request())
             for i in range(start, stop):
+                feeds = request()
                 t0 = clock()
-                fn()
+                fn(feeds)
                 dst[i] = (clock() - t0) / 1e3
             if dst is ts:
                 # Store this block's audit records and telemetry now, so sealinfer's background work
@@ -257,6 +271,21 @@ def measure(label: str, model_path: Path, sealed: Path, rt: Runtime, x: np.ndarr
     print(f"  sealinfer's background work, storing audit records and telemetry rows (run between blocks, "
           f"off the request path): {background / 1e3 / calls:.1f} µs per request")
     print("  where sealinfer's time goes (p50 per phase, from its own telemetry rows): " + phase_breakdown(rt, calls))
+    return {"file": float(p50p), "same": float(p50r), "sealinfer": float(p50s), "naive": float(p50n),
+            "floor": float(p50e)}
+
+
+def sweep_table(rows: list[tuple[int, dict[str, float]]]) -> str:
+    """The sweep's summary: what the same security work costs as a share of models of growing duration."""
+    lines = ["\nsweep: model (b) by batch size, sealinfer against the same onnxruntime session (p50)",
+             f"  {'batch':>5} {'plain µs':>9} {'sealinfer µs':>13} {'added µs':>9} {'ratio':>6} "
+             f"{'floor added':>12} {'floor ratio':>12} {'ratio vs file':>14}"]
+    for batch, p in rows:
+        lines.append(
+            f"  {batch:5d} {p['same']:9.1f} {p['sealinfer']:13.1f} {p['sealinfer'] - p['same']:+9.1f} "
+            f"{p['sealinfer'] / p['same']:6.3f} {p['floor'] - p['same']:+12.1f} {p['floor'] / p['same']:12.3f} "
+            f"{p['sealinfer'] / p['file']:14.3f}")
+    return "\n".join(lines)
 
 
 def phase_breakdown(rt: Runtime, calls: int) -> str:
@@ -313,6 +342,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=10_000)
     ap.add_argument("--only", choices=["a", "b", "c", "b2", "b'"], action="append",
                     help="run only these models (repeatable); default: all")
+    ap.add_argument("--sweep", type=int, nargs="+", metavar="BATCH",
+                    help="instead: model (b) at these batch sizes (e.g. 2 4 8 12 16 24 spans about "
+                    "1-5 ms here), then a table of the added time and ratio at each")
     ap.add_argument("--intra-op-threads", type=int, default=None,
                     help="onnxruntime threads per session for both contestants (default: one per core)")
     args = ap.parse_args()
@@ -345,10 +377,15 @@ def main() -> None:
                 ("b'", "(b') 3 x 1024x1024 MatMul, batch 48 (I/O-heavy: ~400 KB digested per call)", big,
                  (48, 1024)),
             ]
+            if args.sweep:
+                cases = [("b", f"(b) MLP 256-2048x4-10, batch {n}", deep, (n, 256)) for n in args.sweep]
+            figures = []
             for key, label, src, shape in cases:
-                if args.only is None or key in args.only:
+                if args.sweep or args.only is None or key in args.only:
                     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-                    measure(label, src, src.with_suffix(".sealed"), rt, x, args.calls)
+                    figures.append((shape[0], measure(label, src, src.with_suffix(".sealed"), rt, x, args.calls)))
+            if args.sweep:
+                print(sweep_table(figures))
         cold_code_probe()
 
 
