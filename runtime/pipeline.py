@@ -327,7 +327,8 @@ class RequestPipeline:
         if ctx.telemetry is not None:
             ctx.telemetry.record_request(self._telemetry, (
                 time.time(), next(_REQUESTS), outcome, code, caller.tenant or "default", priority,
-                inputs[self._batch_from].shape[0] if error is None and self._batch_from else _batch(inputs),
+                inputs[self._batch_from].shape[0] if error is None and self._batch_from
+                else _batch(inputs, self._batch_from),
                 (t1 - t0) / 1000, (t2 - t1) / 1000, (t4 - t3) / 1000, ((t3 - td) + (t5 - t4)) / 1000,
                 ((t6 - t5) + (td - t2)) / 1000, (t6 - t0) / 1000,
             ))
@@ -342,11 +343,23 @@ def _is_mapping(inputs: object) -> bool:
     return type(inputs) is dict or isinstance(inputs, Mapping)  # a dict skips the ABC machinery
 
 
-def _batch(inputs: Mapping[str, Any]) -> int:
+def _batch(inputs: Mapping[str, Any], first: str | None) -> int:
+    """A refused request's batch: as for a served one, the first axis of the input ``first``.
+
+    Failing that (it is missing or malformed, which may be why the request was refused), the first
+    axis of the first input, in the caller's order, that has one. Never raises: telemetry is written
+    after the audit record, and the caller must get the typed error, not one from here.
+    """
     if not _is_mapping(inputs):  # refused by validation, and still recorded
         return 0
-    for value in inputs.values():
-        shape = getattr(value, "shape", None)
-        if shape:
-            return int(shape[0])
+    values = list(inputs.values())
+    if first is not None and first in inputs:
+        values.insert(0, inputs[first])
+    for value in values:
+        try:
+            shape = value.shape
+            if shape:
+                return int(shape[0])
+        except (AttributeError, TypeError, ValueError, IndexError):  # not an array; refused anyway
+            continue
     return 1

@@ -373,3 +373,35 @@ def test_an_unknown_priority_class_or_a_missing_caller_is_refused(tmp_path: Path
     with pytest.raises(UnknownPrincipalError):
         session.submit({"input": X}, caller=None)  # type: ignore[arg-type]
     assert session.run({"input": X}, caller=CLINICIAN, priority="stat")["probabilities"].shape == (4, 64)
+
+
+def test_a_refused_request_records_the_batch_a_served_one_would(tmp_path: Path, sealed: Sealed):
+    """Telemetry's batch is the first axis of the signature's first input, whatever order the caller's dict has."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["weights"], ["total"]), helper.make_node("Add", ["x", "total"], ["y"])],
+        "two-inputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["K"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    src = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    artifact = seal_for(sealed.keyring, src, tmp_path / "two.sealed", "dev", mark=False)
+    x = np.ones((4, 3), np.float32)
+    weights = np.ones(7, np.float32)
+    with Runtime(sealed.keyring, "dev", audit_db=tmp_path / "a.db", telemetry_db=tmp_path / "t.db",
+                 devices=sealed.devices) as rt:
+        session = rt.load(artifact, caller=SERVICE)
+        assert session.run({"weights": weights, "x": x}, caller=CLINICIAN)["y"].shape == (4, 3)
+        with pytest.raises(InputValidationError, match="weights"):  # refused for its second input
+            session.run({"weights": weights.astype(np.float64), "x": x}, caller=CLINICIAN)
+        with pytest.raises(InputValidationError):  # its first input missing: the others still give a size
+            session.run({"weights": weights}, caller=CLINICIAN)
+        assert rt.telemetry is not None
+        rt.telemetry.flush()
+        assert rows(rt.telemetry.path, "SELECT outcome, batch FROM requests ORDER BY rowid") == [
+            ("ok", 4), ("error", 4), ("error", 7)
+        ]
