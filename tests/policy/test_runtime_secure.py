@@ -400,8 +400,15 @@ def test_a_refused_request_records_the_batch_a_served_one_would(tmp_path: Path, 
             session.run({"weights": weights.astype(np.float64), "x": x}, caller=CLINICIAN)
         with pytest.raises(InputValidationError):  # its first input missing: the others still give a size
             session.run({"weights": weights}, caller=CLINICIAN)
+
+
+        class NotAnArray:  # its shape is no array's: the caller still gets the validator's typed error
+            shape = "four"
+
+        with pytest.raises(InputValidationError, match="'x'"):
+            session.run({"x": NotAnArray(), "weights": weights}, caller=CLINICIAN)
         assert rt.telemetry is not None
         rt.telemetry.flush()
         assert rows(rt.telemetry.path, "SELECT outcome, batch FROM requests ORDER BY rowid") == [
-            ("ok", 4), ("error", 4), ("error", 7)
+            ("ok", 4), ("error", 4), ("error", 7), ("error", 7)
         ]
