@@ -54,8 +54,9 @@ _REQUESTS = itertools.count(1)
 class TensorDigester:
     """HMAC-SHA256 over names, dtypes, shapes and bytes: links records to data without revealing it.
 
-    Per tensor, in name order: ``name|dtype|shape|`` then its bytes (C order), or for object arrays
-    (e.g. string labels) the ``repr`` of their values, since their bytes are object addresses.
+    Per tensor, in name order (names compared as text): ``name|dtype|shape|`` then its bytes (C order),
+    or for object arrays (e.g. string labels) the ``repr`` of their values, since their bytes are object
+    addresses.
 
     The keyed HMAC state is prepared once and copied per digest: setting HMAC up from the key each
     time cost more than hashing a small request.
@@ -72,7 +73,8 @@ class TensorDigester:
 
     def digest(self, tensors: Mapping[str, Any]) -> str:
         mac = self._mac.copy()
-        for name in sorted(tensors) if len(tensors) > 1 else tensors:
+        # by name as text: a refused request may mix key types, and its record still needs a digest
+        for name in sorted(tensors, key=str) if len(tensors) > 1 else tensors:
             arr = tensors[name]
             if not isinstance(arr, np.ndarray):
                 mac.update(f"{name}|{type(arr).__name__}|".encode())
@@ -87,7 +89,11 @@ class TensorDigester:
             if not known[2]:  # e.g. string labels: their text, not the addresses of their objects
                 mac.update(repr(arr.tolist()).encode())
                 continue
-            view = memoryview(arr)
+            try:
+                view = memoryview(arr)
+            except (TypeError, ValueError):  # datetime64/timedelta64: numpy exports no buffer for them
+                mac.update(arr.tobytes())
+                continue
             if view.nbytes:  # (an empty array has no bytes, and a cast refuses its zero-length shape)
                 mac.update(view.cast("B") if view.c_contiguous else memoryview(np.ascontiguousarray(arr)).cast("B"))
         return HexDigest(mac.finalize().hex())

@@ -70,3 +70,16 @@ def test_one_digester_reused_across_dtypes_shapes_and_layouts_matches_the_docume
         assert got == keyed_digest(KEY, tensors)  # a fresh digester: nothing remembered
         if not any(t.dtype.hasobject for t in tensors.values()):
             assert got == reference(KEY, tensors)
+
+
+def test_tensors_numpy_exports_no_buffer_for_digest_their_bytes() -> None:
+    # datetime64/timedelta64 have no buffer export: a request carrying one is refused, and its record
+    # still needs the input's digest
+    stamps = {"t": np.array(["2026-11-25", "2026-11-26"], dtype="datetime64[D]"),
+              "d": np.array([[1, 2], [3, 4]], dtype="timedelta64[s]")[:, ::-1]}
+    assert keyed_digest(KEY, stamps) == reference(KEY, stamps)
+
+
+def test_names_of_mixed_types_are_ordered_as_text() -> None:
+    x = np.zeros(2, np.float32)
+    assert keyed_digest(KEY, {1: x, "input": x}) == keyed_digest(KEY, {"input": x, 1: x})  # type: ignore[dict-item]

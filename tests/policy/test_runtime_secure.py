@@ -412,3 +412,21 @@ def test_a_refused_request_records_the_batch_a_served_one_would(tmp_path: Path, 
         assert rows(rt.telemetry.path, "SELECT outcome, batch FROM requests ORDER BY rowid") == [
             ("ok", 4), ("error", 4), ("error", 7), ("error", 7)
         ]
+
+
+@pytest.mark.parametrize("inputs", [
+    pytest.param({1: X, "input": X}, id="a name that is no string"),
+    pytest.param({"input": np.array(["2026-11-25"] * 30, dtype="datetime64[D]").reshape(1, 30)}, id="datetime64"),
+    pytest.param({"input": np.zeros((1, 30), dtype="timedelta64[s]")}, id="timedelta64"),
+])
+def test_inputs_the_digester_once_tripped_on_are_refused_typed_and_audited(
+    tmp_path: Path, rt: Runtime, sealed: Sealed, inputs: dict
+):
+    session = rt.load(sealed.hipaa, caller=SERVICE)
+    with pytest.raises(InputValidationError) as info:
+        session.run(inputs, caller=CLINICIAN)
+    rt.audit_log.flush()
+    [(outcome, digest)] = rows(tmp_path / "audit.db", "SELECT outcome, json_extract(body, '$.input_digest') "
+                               f"FROM audit_events WHERE seq = {info.value.audit_seq}")
+    assert outcome == "error" and len(digest) == 64
+    assert session.run({"input": X}, caller=CLINICIAN)["probabilities"].shape == (4, 64)
