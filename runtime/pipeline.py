@@ -279,7 +279,11 @@ class RequestPipeline:
             )
         else:
             try:
-                if priority not in self._priorities:  # it labels telemetry and reports: no invented classes
+                try:
+                    known = priority in self._priorities
+                except TypeError:  # unhashable, so no class of the policy's
+                    known = False
+                if not known:  # it labels telemetry and reports: no invented classes
                     given, priority = priority, "unknown"
                     raise ConfigurationError(
                         f"Unknown priority class {given!r}.",

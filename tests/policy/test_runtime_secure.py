@@ -370,9 +370,28 @@ def test_an_unknown_priority_class_or_a_missing_caller_is_refused(tmp_path: Path
     rt.audit_log.flush()
     assert rows(tmp_path / "audit.db", f"SELECT outcome, error_code FROM audit_events WHERE seq = "
                 f"{info.value.audit_seq}") == [("error", "configuration")]
+    with pytest.raises(ConfigurationError, match=r"Unknown priority class \['stat'\]") as info:
+        session.run({"input": X}, caller=CLINICIAN, priority=["stat"])  # type: ignore[arg-type]  # unhashable
+    assert info.value.audit_seq > 0
     with pytest.raises(UnknownPrincipalError):
         session.submit({"input": X}, caller=None)  # type: ignore[arg-type]
     assert session.run({"input": X}, caller=CLINICIAN, priority="stat")["probabilities"].shape == (4, 64)
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    pytest.param((123, "clinician", "treatment"), "user id", id="user not a string"),
+    pytest.param(("x" * 513, "clinician", "treatment"), "user id", id="user too long"),
+    pytest.param(("dr.grey", ["clinician"], "treatment"), "Unknown role", id="role unhashable"),
+    pytest.param(("dr.grey", "clinician", None), "Unknown purpose", id="purpose missing"),
+    pytest.param(("dr.grey", "clinician", "treatment", 7), "tenant", id="tenant not a string"),
+    pytest.param(("dr.grey", "clinician", "treatment", " "), "tenant", id="tenant blank"),
+    pytest.param(("dr.grey", "clinician", "treatment", "w" * 513), "tenant", id="tenant too long"),
+    pytest.param(("dr.grey", "clinician", "treatment", None, "yes"), "break_glass", id="break_glass not a bool"),
+])
+def test_a_caller_the_audit_log_could_not_record_is_refused_when_made(fields: tuple, problem: str):
+    # made this way, it would pass authorization and then fail as an audit record nobody could write
+    with pytest.raises(UnknownPrincipalError, match=problem):
+        Caller(*fields)
 
 
 def test_a_refused_request_records_the_batch_a_served_one_would(tmp_path: Path, sealed: Sealed):
