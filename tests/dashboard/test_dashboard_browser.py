@@ -109,8 +109,16 @@ def test_every_page_renders_its_charts_in_chromium(server, tmp_path: Path) -> No
             for url, title, n_charts in PAGES:
                 page.goto(f"{base}/{url}", wait_until="domcontentloaded")
                 page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
+                # Every chart drawn (traces in its SVG, a real size), polled rather than checked once after
+                # a fixed pause: on a loaded machine Plotly can take longer than any pause to draw them.
                 page.wait_for_function(
-                    "n => document.querySelectorAll('.js-plotly-plot .main-svg').length >= n",
+                    """n => {
+                        const drawn = [...document.querySelectorAll('.js-plotly-plot')].filter(p => {
+                            const box = p.getBoundingClientRect();
+                            return p.querySelector('.main-svg .trace') && box.width > 100 && box.height > 100;
+                        });
+                        return drawn.length >= n;
+                    }""",
                     arg=n_charts,
                     timeout=60_000,
                 )
